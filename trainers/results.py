@@ -1,0 +1,164 @@
+"""The results schema (one for every study), atomic Parquet writes, and the sinks a trial reports to.
+
+Layout of a results folder: `<root>/<table>/<file>.parquet` for each table below. A trial writes one file
+per table when it finishes (few, larger files; `compact` merges them further). Every row carries
+`sweep`, `trial_key` (stable hash of the trial's config) and `attempt`; readers keep the latest
+completed attempt of each trial, so a retried trial never counts twice. docs/schema.md describes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from trainers.config import FIELDS
+
+ID = [("sweep", pa.string()), ("trial_key", pa.string()), ("attempt", pa.int32())]
+_F32_LIST = pa.list_(pa.float32())
+
+
+def _config_columns() -> list[tuple[str, pa.DataType]]:
+    kinds = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
+    return [(n, kinds.get(type(f.default), pa.string())) for n, f in FIELDS.items() if n != "extra"]
+
+
+SCHEMAS: dict[str, pa.Schema] = {
+    # one row per trial attempt that ended: its config (a column per field), outcome and timings
+    "trials": pa.schema(ID + [
+        ("name", pa.string()), ("status", pa.string()), ("error", pa.string()),
+        ("started_at", pa.float64()), ("finished_at", pa.float64()), ("seconds", pa.float64()),
+        ("ran_on", pa.string()), ("n_params", pa.int64()), ("label_noise_actual", pa.float64()),
+        ("extra", pa.string()), ("config_json", pa.string()),
+    ] + _config_columns()),
+    # one row per epoch: training metrics and validation at the subspace centre
+    "epochs": pa.schema(ID + [
+        ("epoch", pa.int32()), ("lr", pa.float64()), ("train_loss", pa.float64()), ("train_acc", pa.float64()),
+        ("reg", pa.float64()), ("val_acc", pa.float64()), ("val_nll", pa.float64()),
+        ("seconds", pa.float64()), ("samples_per_s", pa.float64()),
+    ]),
+    # one row per evaluated point (or ensemble) and split
+    "evals": pa.schema(ID + [
+        ("epoch", pa.int32()), ("split", pa.string()), ("point", pa.string()), ("kind", pa.string()),
+        ("alpha", pa.float64()), ("coords", _F32_LIST), ("members", pa.int32()),
+        ("accuracy", pa.float64()), ("nll", pa.float64()), ("brier", pa.float64()), ("ece", pa.float64()),
+        ("corruption", pa.string()), ("severity", pa.int32()),
+    ]),
+    # per evaluated point: test probabilities, flattened row-major (n_examples x n_classes), and labels
+    "predictions": pa.schema(ID + [
+        ("epoch", pa.int32()), ("split", pa.string()), ("point", pa.string()), ("kind", pa.string()),
+        ("n_classes", pa.int32()), ("probs", _F32_LIST), ("labels", pa.list_(pa.int32())),
+    ]),
+    # a fixed random projection of the flattened weights (same projection for every trial of a model)
+    "weights": pa.schema(ID + [
+        ("epoch", pa.int32()), ("point", pa.string()), ("norm", pa.float64()), ("projection", _F32_LIST),
+    ]),
+}
+TABLES = tuple(SCHEMAS)
+
+
+def _column(rows: list[dict[str, Any]], name: str) -> list[Any]:
+    out = []
+    for r in rows:
+        v = r.get(name)
+        if isinstance(v, torch.Tensor):
+            v = v.detach().cpu().flatten().tolist()
+        out.append(v)
+    return out
+
+
+def to_arrow(table: str, rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows (dicts) to an Arrow table of the table's schema; missing columns become nulls."""
+    schema = SCHEMAS[table]
+    return pa.Table.from_arrays([pa.array(_column(rows, f.name), f.type) for f in schema], schema=schema)
+
+
+def write_atomic(table: pa.Table, path: str | Path) -> None:
+    """Write Parquet to a temp name beside `path`, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def write_rows(root: str | Path, table: str, rows: list[dict[str, Any]], name: str) -> None:
+    if rows:
+        write_atomic(to_arrow(table, rows), Path(root) / table / f"{name}.parquet")
+
+
+def trial_row(cfg_dict: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """A trials-table row: the config's fields as columns plus outcome fields."""
+    row = {k: v for k, v in cfg_dict.items() if k != "extra"}
+    row.update(extra=json.dumps(cfg_dict.get("extra", {}), sort_keys=True),
+               config_json=json.dumps(cfg_dict, sort_keys=True, default=str))
+    row.update(fields)
+    return row
+
+
+class Sink(Protocol):
+    """Where a trial reports. `progress` is called after every epoch with that epoch's row and, when a
+    checkpoint is due, the trial's full state (a dict of tensors and plain values); `finish` is called once
+    with every row of the finished trial, keyed by table."""
+
+    def progress(self, epoch_row: dict[str, Any], state: dict[str, Any] | None) -> None: ...
+
+    def finish(self, tables: dict[str, list[dict[str, Any]]]) -> None: ...
+
+
+class FolderSink:
+    """The default sink: Parquet tables under `root` and the latest checkpoint at `root/checkpoints/`."""
+
+    def __init__(self, root: str | Path, sweep: str = "", trial_key: str = "", attempt: int = 0,
+                 name: str = "", verbose: bool = False):
+        self.root, self.sweep, self.trial_key, self.attempt = Path(root), sweep, trial_key, attempt
+        self.name, self.verbose = name or trial_key, verbose
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.root / "checkpoints" / f"{self.trial_key}.pt"
+
+    def progress(self, epoch_row: dict[str, Any], state: dict[str, Any] | None) -> None:
+        if self.verbose:
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in epoch_row.items() if v is not None), flush=True)
+        if state is not None:
+            save_state(state, self.checkpoint_path)
+
+    def finish(self, tables: dict[str, list[dict[str, Any]]]) -> None:
+        tables = {**tables, "trials": [{**r, "name": self.name} for r in tables["trials"]]}
+        write_tables(self.root, tables, self.sweep, self.trial_key, self.attempt)
+
+
+def write_tables(root: str | Path, tables: dict[str, list[dict[str, Any]]], sweep: str, trial_key: str,
+                 attempt: int) -> None:
+    """Stamp identity columns on every row and write one file per table. The trials row goes last, so a
+    trial whose trials row exists has all its other rows on disk too."""
+    ident = {"sweep": sweep, "trial_key": trial_key, "attempt": attempt}
+    for table in sorted(tables, key=lambda t: t == "trials"):
+        rows = [{**r, **ident} for r in tables[table]]
+        write_rows(root, table, rows, f"{trial_key}-a{attempt}")
+
+
+def save_state(state: dict[str, Any], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint safely: tensors and plain containers only (weights_only=True)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def now() -> float:
+    return time.time()
