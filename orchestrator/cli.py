@@ -43,5 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m orchestrator.cli`: run the importable module so UserError is one class
+    from orchestrator.cli import main as _main
+
+    sys.exit(_main())

@@ -74,6 +74,7 @@ class Subspace(nn.Module):
             group_sizes.append((layers.setdefault(owner, len(layers)), p.numel()))
             offset += p.numel()
         self.n_params, self.n_layers = offset, len(layers)
+        self._numels = [numel for _, _, _, numel, _ in self._slots]
         flat = [torch.cat([dict(mod.named_parameters())[nm].detach().flatten() for nm, _ in named]) for mod in models]
         self.W = nn.Parameter(torch.stack(flat))  # (n, P)
         group = torch.cat([torch.full((k,), g, dtype=torch.long) for g, k in group_sizes])
@@ -116,10 +117,10 @@ class Subspace(nn.Module):
         return (c.to(self.W.dtype)[self.group].T * self.W).sum(0)
 
     def set_point(self, c: torch.Tensor) -> None:
-        """Point the model's parameters at the weights of c (they stay differentiable w.r.t. W)."""
-        w = self.weights(c)
-        for module, attr, offset, numel, shape in self._slots:
-            object.__setattr__(module, attr, w[offset:offset + numel].view(shape))
+        """Point the model's parameters at the weights of c (they stay differentiable w.r.t. W).
+        One split, not a slice per tensor: its backward is a single concatenation."""
+        for (module, attr, _, _, shape), piece in zip(self._slots, self.weights(c).split(self._numels), strict=True):
+            object.__setattr__(module, attr, piece.view(shape))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         if c is not None:
@@ -130,6 +131,6 @@ class Subspace(nn.Module):
         """cos^2 between the conv/linear weights of two distinct random endpoints (0 for a point)."""
         if self.n_endpoints < 2:
             return self.W.new_zeros(())
-        i, j = torch.randperm(self.n_endpoints, generator=g, device=g.device)[:2].tolist()
-        a, b = self.W[i, : self.n_reg], self.W[j, : self.n_reg]
+        pair = torch.randperm(self.n_endpoints, generator=g, device=g.device)[:2]  # stays on device: no sync
+        a, b = self.W[pair, : self.n_reg]
         return (a @ b) ** 2 / ((a @ a) * (b @ b))

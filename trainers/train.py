@@ -7,6 +7,7 @@ resumed from a checkpoint gives the same numbers as one that never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -199,8 +200,11 @@ def run_trial(cfg: TrialConfig, sink: Sink | None = None,
         first, elapsed = resume["epoch"] + 1, resume["elapsed"]
     prior = elapsed
 
+    regularise = cfg.beta > 0 and sub.n_endpoints > 1
+    autocast = (lambda: torch.autocast(device.type, torch.bfloat16)) if amp else contextlib.nullcontext
     for epoch in range(first, cfg.epochs + 1):
         t0 = time.time()
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout's global RNG: a function of (seed, epoch)
         sub.train()
         loss_sum = torch.zeros((), device=device)
         reg_sum = torch.zeros((), device=device)
@@ -211,16 +215,19 @@ def run_trial(cfg: TrialConfig, sink: Sink | None = None,
             x = datasets.augment_batch(d.train_x[idx], d.augment, g)
             y = d.train_y[idx]
             sub.set_point(sub.draw(g))  # fp32, outside autocast: endpoints mixed at full precision
-            with torch.autocast(device.type, torch.bfloat16, enabled=amp):
+            with autocast():
                 logits = sub.model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            reg = cfg.beta * sub.cos2(g) if cfg.beta > 0 else loss.new_zeros(())
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
-            (loss + reg).backward()
+            if regularise:
+                reg = cfg.beta * sub.cos2(g)
+                (loss + reg).backward()
+                reg_sum += reg.detach()
+            else:
+                loss.backward()
             opt.step()
             sched.step()
             loss_sum += loss.detach()
-            reg_sum += reg.detach()
             correct += (logits.argmax(1) == y).sum()
         row: dict[str, Any] = dict(epoch=epoch, lr=opt.param_groups[0]["lr"], train_loss=float(loss_sum) / steps,
                                    train_acc=float(correct) / (steps * batch), reg=float(reg_sum) / steps,
