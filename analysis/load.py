@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from trainers.results import SCHEMAS
+from trainers.schema import SCHEMAS
 
 # What identifies a row within one attempt of one trial.
 NATURAL_KEYS = {

@@ -146,3 +146,25 @@ def test_cli_train_and_its_one_line_error(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "epochs" in out.stderr and "bad.yaml" in out.stderr
     assert not (tmp_path / "b").exists()  # nothing started
+
+
+def test_independent_endpoints_have_a_barrier_that_a_trained_line_does_not():
+    """Fort et al. / Wortsman et al.: the straight line between two independently trained networks rises in
+    loss in the middle; a line trained as a subspace stays low along its length."""
+    for seed in (0, 1):
+        nll = {}
+        for method in ("independent", "subspace"):
+            tables = run_trial(make_config({"method": method, "shape": "line", "seed": seed, "alpha_grid": 5,
+                                            "ensemble_samples": 0}))
+            nll[method] = {e["point"]: e["nll"] for e in tables["evals"] if e["split"] == "test"}
+        ind, sub = nll["independent"], nll["subspace"]
+        assert ind["center"] > 2 * max(ind["endpoint_0"], ind["endpoint_1"]), ind
+        assert sub["center"] < 1.5 * max(sub["endpoint_0"], sub["endpoint_1"]), sub
+
+
+def test_fields_that_mean_nothing_for_a_shape_are_canonical():
+    assert make_config({"shape": "point", "endpoints": 5, "layerwise": True}).endpoints == 1
+    assert not make_config({"shape": "point", "layerwise": True}).layerwise
+    assert make_config({"shape": "line", "endpoints": 6}).key() == make_config({"shape": "line"}).key()
+    with pytest.raises(ConfigError, match="^method"):
+        make_config({"method": "independent", "shape": "curve"})

@@ -17,7 +17,9 @@ DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn")
 MODELS = ("mlp", "cnn", "cresnet20")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "constant")
-METHODS = ("subspace",)
+# subspace: train the shape (one random point per batch); independent: train every endpoint as its own
+# standard model (line or simplex), so the shape's evaluation measures the barrier between them.
+METHODS = ("subspace", "independent")
 
 # Paper recipes as data. Fields given explicitly in a config override these.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -38,7 +40,7 @@ class TrialConfig:
     # what is trained
     method: str = "subspace"
     shape: str = "line"            # point | line | curve | simplex
-    endpoints: int = 2             # simplex vertices m; line/curve always have 2 endpoints, point 1
+    endpoints: int = 2             # simplex vertices m; set to 2 for a line/curve and 1 for a point
     layerwise: bool = False        # every layer draws its own coordinates
     beta: float = 1.0              # weight of the cos^2 endpoint regulariser (paper: 1)
     # data
@@ -126,6 +128,11 @@ def make_config(values: dict[str, Any], where: str = "") -> TrialConfig:
     if preset and preset not in PRESETS:
         raise ConfigError(f"{prefix}preset: expected one of {sorted(PRESETS)}, got {preset!r}")
     merged = {**PRESETS.get(preset, {}), **values}
+    shape = merged.get("shape", TrialConfig.shape)
+    if shape in ("point", "line", "curve"):  # fields that mean nothing for a shape take one canonical value
+        merged["endpoints"] = 1 if shape == "point" else 2
+    if shape == "point":
+        merged["layerwise"] = False
     defaults = TrialConfig()
     for name, value in merged.items():
         default = getattr(defaults, name)
@@ -145,6 +152,8 @@ def _check_values(c: TrialConfig, prefix: str) -> None:
                           ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)]:
         need(getattr(c, name) in choices, name, f"one of {', '.join(choices)}")
     need(c.endpoints >= 2 or c.shape != "simplex", "endpoints", "at least 2 for a simplex")
+    need(c.method != "independent" or c.shape in ("line", "simplex"), "method",
+         "'independent' only with shape line or simplex")
     need(0.0 <= c.label_noise < 1.0, "label_noise", "a rate in [0, 1)")
     need(0.0 <= c.val_fraction < 1.0, "val_fraction", "a fraction in [0, 1)")
     need(0.0 <= c.dropout < 1.0, "dropout", "a rate in [0, 1)")

@@ -3,7 +3,8 @@
 Layout of a results folder: `<root>/<table>/<file>.parquet` for each table below. A trial writes one file
 per table when it finishes (few, larger files; `compact` merges them further). Every row carries
 `sweep`, `trial_key` (stable hash of the trial's config) and `attempt`; readers keep the latest
-completed attempt of each trial, so a retried trial never counts twice. docs/schema.md describes it.
+completed attempt of each trial, so a retried trial never counts twice. The tables themselves are in
+trainers/schema.py (no torch, so analysis can read them cheaply); docs/schema.md describes them.
 """
 
 from __future__ import annotations
@@ -19,50 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from trainers.config import FIELDS
+from trainers.schema import ID, SCHEMAS, TABLES
 
-ID = [("sweep", pa.string()), ("trial_key", pa.string()), ("attempt", pa.int32())]
-_F32_LIST = pa.list_(pa.float32())
-
-
-def _config_columns() -> list[tuple[str, pa.DataType]]:
-    kinds = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
-    return [(n, kinds.get(type(f.default), pa.string())) for n, f in FIELDS.items() if n != "extra"]
-
-
-SCHEMAS: dict[str, pa.Schema] = {
-    # one row per trial attempt that ended: its config (a column per field), outcome and timings
-    "trials": pa.schema(ID + [
-        ("name", pa.string()), ("status", pa.string()), ("error", pa.string()),
-        ("started_at", pa.float64()), ("finished_at", pa.float64()), ("seconds", pa.float64()),
-        ("ran_on", pa.string()), ("n_params", pa.int64()), ("label_noise_actual", pa.float64()),
-        ("extra", pa.string()), ("config_json", pa.string()),
-    ] + _config_columns()),
-    # one row per epoch: training metrics and validation at the subspace centre
-    "epochs": pa.schema(ID + [
-        ("epoch", pa.int32()), ("lr", pa.float64()), ("train_loss", pa.float64()), ("train_acc", pa.float64()),
-        ("reg", pa.float64()), ("val_acc", pa.float64()), ("val_nll", pa.float64()),
-        ("seconds", pa.float64()), ("samples_per_s", pa.float64()),
-    ]),
-    # one row per evaluated point (or ensemble) and split
-    "evals": pa.schema(ID + [
-        ("epoch", pa.int32()), ("split", pa.string()), ("point", pa.string()), ("kind", pa.string()),
-        ("alpha", pa.float64()), ("coords", _F32_LIST), ("members", pa.int32()),
-        ("accuracy", pa.float64()), ("nll", pa.float64()), ("brier", pa.float64()), ("ece", pa.float64()),
-        ("corruption", pa.string()), ("severity", pa.int32()),
-    ]),
-    # per evaluated point: test probabilities, flattened row-major (n_examples x n_classes), and labels
-    "predictions": pa.schema(ID + [
-        ("epoch", pa.int32()), ("split", pa.string()), ("point", pa.string()), ("kind", pa.string()),
-        ("n_classes", pa.int32()), ("probs", _F32_LIST), ("labels", pa.list_(pa.int32())),
-    ]),
-    # a fixed random projection of the flattened weights (same projection for every trial of a model)
-    "weights": pa.schema(ID + [
-        ("epoch", pa.int32()), ("point", pa.string()), ("norm", pa.float64()), ("projection", _F32_LIST),
-    ]),
-}
-TABLES = tuple(SCHEMAS)
-
+__all__ = ["ID", "SCHEMAS", "TABLES", "FolderSink", "Sink", "load_state", "save_state", "to_arrow", "trial_row",
+           "write_atomic", "write_rows", "write_tables"]
 
 def _column(rows: list[dict[str, Any]], name: str) -> list[Any]:
     out = []

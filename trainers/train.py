@@ -200,7 +200,9 @@ def run_trial(cfg: TrialConfig, sink: Sink | None = None,
         first, elapsed = resume["epoch"] + 1, resume["elapsed"]
     prior = elapsed
 
-    regularise = cfg.beta > 0 and sub.n_endpoints > 1
+    independent = cfg.method == "independent"
+    endpoints = [sub.endpoint(i) for i in range(sub.n_endpoints)]
+    regularise = cfg.beta > 0 and sub.n_endpoints > 1 and not independent
     autocast = (lambda: torch.autocast(device.type, torch.bfloat16)) if amp else contextlib.nullcontext
     for epoch in range(first, cfg.epochs + 1):
         t0 = time.time()
@@ -214,21 +216,23 @@ def run_trial(cfg: TrialConfig, sink: Sink | None = None,
             idx = perm[i * batch:(i + 1) * batch]
             x = datasets.augment_batch(d.train_x[idx], d.augment, g)
             y = d.train_y[idx]
-            sub.set_point(sub.draw(g))  # fp32, outside autocast: endpoints mixed at full precision
-            with autocast():
-                logits = sub.model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
-            if regularise:
-                reg = cfg.beta * sub.cos2(g)
-                (loss + reg).backward()
-                reg_sum += reg.detach()
-            else:
-                loss.backward()
+            points = endpoints if independent else [sub.draw(g)]
+            for c in points:  # a subspace: one random point; independent: every endpoint, its own loss
+                sub.set_point(c)  # fp32, outside autocast: endpoints mixed at full precision
+                with autocast():
+                    logits = sub.model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                if regularise:
+                    reg = cfg.beta * sub.cos2(g)
+                    (loss + reg).backward()
+                    reg_sum += reg.detach()
+                else:
+                    loss.backward()
+                loss_sum += loss.detach() / len(points)
+                correct += (logits.argmax(1) == y).sum() / len(points)
             opt.step()
             sched.step()
-            loss_sum += loss.detach()
-            correct += (logits.argmax(1) == y).sum()
         row: dict[str, Any] = dict(epoch=epoch, lr=opt.param_groups[0]["lr"], train_loss=float(loss_sum) / steps,
                                    train_acc=float(correct) / (steps * batch), reg=float(reg_sum) / steps,
                                    val_acc=None, val_nll=None)

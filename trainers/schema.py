@@ -1,0 +1,49 @@
+"""The results tables as Arrow schemas: one schema for every study (docs/schema.md). Imports no torch."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from trainers.config import FIELDS
+
+ID = [("sweep", pa.string()), ("trial_key", pa.string()), ("attempt", pa.int32())]
+_F32_LIST = pa.list_(pa.float32())
+
+
+def _config_columns() -> list[tuple[str, pa.DataType]]:
+    kinds = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
+    return [(n, kinds.get(type(f.default), pa.string())) for n, f in FIELDS.items() if n != "extra"]
+
+
+SCHEMAS: dict[str, pa.Schema] = {
+    # one row per trial attempt that ended: its config (a column per field), outcome and timings
+    "trials": pa.schema(ID + [
+        ("name", pa.string()), ("status", pa.string()), ("error", pa.string()),
+        ("started_at", pa.float64()), ("finished_at", pa.float64()), ("seconds", pa.float64()),
+        ("ran_on", pa.string()), ("n_params", pa.int64()), ("label_noise_actual", pa.float64()),
+        ("extra", pa.string()), ("config_json", pa.string()),
+    ] + _config_columns()),
+    # one row per epoch: training metrics and validation at the subspace centre
+    "epochs": pa.schema(ID + [
+        ("epoch", pa.int32()), ("lr", pa.float64()), ("train_loss", pa.float64()), ("train_acc", pa.float64()),
+        ("reg", pa.float64()), ("val_acc", pa.float64()), ("val_nll", pa.float64()),
+        ("seconds", pa.float64()), ("samples_per_s", pa.float64()),
+    ]),
+    # one row per evaluated point (or ensemble) and split
+    "evals": pa.schema(ID + [
+        ("epoch", pa.int32()), ("split", pa.string()), ("point", pa.string()), ("kind", pa.string()),
+        ("alpha", pa.float64()), ("coords", _F32_LIST), ("members", pa.int32()),
+        ("accuracy", pa.float64()), ("nll", pa.float64()), ("brier", pa.float64()), ("ece", pa.float64()),
+        ("corruption", pa.string()), ("severity", pa.int32()),
+    ]),
+    # per evaluated point: test probabilities, flattened row-major (n_examples x n_classes), and labels
+    "predictions": pa.schema(ID + [
+        ("epoch", pa.int32()), ("split", pa.string()), ("point", pa.string()), ("kind", pa.string()),
+        ("n_classes", pa.int32()), ("probs", _F32_LIST), ("labels", pa.list_(pa.int32())),
+    ]),
+    # a fixed random projection of the flattened weights (same projection for every trial of a model)
+    "weights": pa.schema(ID + [
+        ("epoch", pa.int32()), ("point", pa.string()), ("norm", pa.float64()), ("projection", _F32_LIST),
+    ]),
+}
+TABLES = tuple(SCHEMAS)
