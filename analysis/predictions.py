@@ -1,0 +1,151 @@
+"""Prediction rows as dense numpy arrays: probabilities stacked once into (rows, N, C), labels (rows, N).
+
+`Results.predictions` converts every `probs` cell into a separate Python-managed array; for ensemble
+curves over thousands of trials we want them as numpy without conversion. `load_probs` reads the
+predictions table in one Arrow scan (filtered by split, point/kind and the chosen trials), keeps the rows
+`analysis.load` would keep (the chosen attempt, last of repeated rows), and hands out zero-copy views of
+the list cells; `Probs.arrays` stacks the rows one analysis needs into (R, N, C).
+Rows of different test sets (N, C) are told apart by `block`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+
+from analysis.load import ID, NATURAL_KEYS, filesystem
+from analysis.trials import as_results, main_point
+from trainers.schema import SCHEMAS
+
+META = ["epoch", "split", "point", "kind", "n_classes"]
+# What the analyses need: each trial's main point (every recorded epoch), its samples and endpoints.
+CORE = {"points": ["center", "point"], "kinds": ["sample", "endpoint"]}
+
+
+@dataclass
+class Probs:
+    """`meta` has one row per prediction row (identity, epoch, split, point, kind, n_classes, n_examples, the
+    trial's config, `block` = which test set (rows of one block share N and C), `row` = index into the
+    row arrays). The probabilities stay in the Arrow buffers they were read into (zero-copy views): copying
+    hundreds of MB into a fresh array costs more in page faults than the copy itself."""
+
+    meta: pd.DataFrame
+    probs: list[np.ndarray] = field(default_factory=list)   # per row: flat (N*C,) float32 view
+    labels: list[np.ndarray] = field(default_factory=list)  # per row: (N,) int32 view
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+    def arrays(self, rows: pd.DataFrame | Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities (R, N, C) float32 and labels (R, N) int32 of the given meta rows (one test set)."""
+        m = rows if isinstance(rows, pd.DataFrame) else self.meta.loc[list(rows)]
+        if m["block"].nunique() > 1:
+            raise ValueError(f"rows come from {m['block'].nunique()} different test sets (n_examples x n_classes)")
+        idx = m["row"].to_numpy(dtype=np.int64)
+        n, c = (int(m["n_examples"].iloc[0]), int(m["n_classes"].iloc[0])) if len(m) else (0, 0)
+        if not len(idx):
+            return np.zeros((0, n, c), np.float32), np.zeros((0, n), np.int32)
+        p = np.stack([self.probs[i] for i in idx]).reshape(len(idx), n, c)
+        return p, np.stack([self.labels[i] for i in idx])
+
+
+def _scan(root: str, keep: Callable[[pa.RecordBatch], pa.Array], columns: list[str]) -> pa.Table:
+    """Read `columns` batch by batch, keeping the rows `keep` selects. A batch whose rows are all kept is
+    kept as read (no copy of its probabilities); others are filtered at once, so unwanted rows (an α grid's
+    predictions, say) are not held in memory."""
+    fs, path = filesystem(str(root))
+    folder = f"{path.rstrip('/')}/predictions"
+    schema = SCHEMAS["predictions"]
+    if fs.get_file_info(folder).type != pafs.FileType.Directory:
+        return schema.empty_table().select(columns)
+    dataset = ds.dataset(folder, format="parquet", filesystem=fs, schema=schema)
+    batches = []
+    for batch in dataset.to_batches(columns=columns):
+        mask = keep(batch)
+        batches.append(batch if pc.all(mask).as_py() else batch.filter(mask))
+    return pa.Table.from_batches(batches, schema=pa.schema([schema.field(c) for c in columns]))
+
+
+def _row_views(col: pa.ChunkedArray, dtype: type) -> list[np.ndarray]:
+    """One numpy view per list cell, into the column's own buffers (no copy)."""
+    out: list[np.ndarray] = []
+    for chunk in col.chunks:
+        values = chunk.values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+        offsets = chunk.offsets.to_numpy()
+        out += [values[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    return out
+
+
+def load_probs(results: Any, split: str = "test", points: Iterable[str] | None = None,
+               kinds: Iterable[str] | None = None, keep: Callable[[pd.DataFrame], pd.Series] | None = None,
+               final_only: bool = False) -> Probs:
+    """Stack the probabilities of the chosen trials' prediction rows.
+
+    points/kinds: keep rows whose `point` is in `points` or whose `kind` is in `kinds` (both None: all).
+    keep: an extra row filter on the meta DataFrame (which has the trials' config columns merged in).
+    final_only: keep only each trial's last epoch (per point).
+    """
+    results = as_results(results)
+    trials = results.trials
+    if "status" in trials:
+        trials = trials[trials["status"] == "completed"]
+    cols = ID + META + ["probs", "labels"]
+    point_set = pa.array(list(points), pa.string()) if points is not None else None
+    kind_set = pa.array(list(kinds), pa.string()) if kinds is not None else None
+    key_set = pa.array(trials["trial_key"].unique().tolist(), pa.string())
+
+    def wanted(b: pa.RecordBatch) -> pa.Array:
+        mask = pc.and_(pc.equal(b["split"], split), pc.is_in(b["trial_key"], value_set=key_set))
+        if point_set is not None or kind_set is not None:
+            sel = [pc.is_in(b[c], value_set=v) for c, v in (("point", point_set), ("kind", kind_set)) if v is not None]
+            mask = pc.and_(mask, sel[0] if len(sel) == 1 else pc.or_(sel[0], sel[1]))
+        return pc.fill_null(mask, False)
+
+    table = _scan(results.root, wanted, cols)
+
+    meta = table.select(ID + META).to_pandas()
+    meta["_pos"] = np.arange(len(meta))
+    meta["n_examples"] = pc.list_value_length(table["labels"]).to_numpy(zero_copy_only=False)
+    meta = meta.merge(trials, on=ID, how="inner", suffixes=("", "_trial")).sort_values("_pos")
+    meta = meta.drop_duplicates(ID + NATURAL_KEYS["predictions"], keep="last")
+    if final_only and len(meta):
+        last = meta.groupby(ID + ["point"])["epoch"].transform("max")
+        meta = meta[meta["epoch"] == last]
+    if keep is not None and len(meta):
+        meta = meta[keep(meta)]
+    meta = meta.sort_values("_pos").reset_index(drop=True)
+
+    meta["block"] = meta.groupby(["n_examples", "n_classes"]).ngroup() if len(meta) else []
+    meta["row"] = meta["_pos"]
+    probs = _row_views(table["probs"], np.float32)
+    labels = _row_views(table["labels"], np.int32)
+    return Probs(meta.drop(columns="_pos"), probs, labels)
+
+
+def load_core(results: Any, split: str = "test") -> Probs:
+    """The prediction rows every analysis here uses (CORE), loaded once and shared."""
+    return load_probs(results, split=split, **CORE)
+
+
+def final_main(meta: pd.DataFrame) -> pd.DataFrame:
+    """Each trial's main point (`point` for standard training, `center` for a subspace) at its last epoch."""
+    if meta.empty:
+        return meta
+    rows = meta[meta["point"] == meta["shape"].map(main_point)]
+    last = rows.groupby(ID)["epoch"].transform("max")
+    return rows[rows["epoch"] == last]
+
+
+def trajectory(meta: pd.DataFrame) -> pd.DataFrame:
+    """Per-epoch rows at each trial's main point (the trainer records `center` every epoch when
+    epoch_predictions is on; standard training's final row is `point`): one row per trial and epoch."""
+    rows = meta[meta["point"].isin(["center", "point"])]
+    return rows.sort_values(["epoch", "point"]).drop_duplicates(ID + ["epoch"], keep="first")
