@@ -47,6 +47,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainers.results import FolderSink, load_state
     from trainers.train import run_trial
 
+    if args.out and "://" in args.out:
+        raise UserError(f"--out {args.out}: expected a local folder (sweeps write to URIs: basin run)")
     cfg = read_config(args.config, args.overrides)
     out = Path(args.out or f"results/train-{cfg.key()}")
     sink = FolderSink(out, sweep="train", trial_key=cfg.key(), name=Path(args.config).stem, verbose=not args.quiet)

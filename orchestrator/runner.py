@@ -1,0 +1,461 @@
+"""`basin run SWEEP.yaml`: every trial of a sweep as one Ray Tune trial, reporting to Parquet (the trial
+writes it) and to MLflow (the driver mirrors the Tune result stream).
+
+Resume: Parquet is the source of truth. A run first reads the sweep's trials table and leaves out every
+trial that already has a completed row; the rest start again, each from its latest checkpoint
+(`<results>/<sweep>/checkpoints/<key>.pt`, written at every checkpoint beside the Tune one). So
+re-running a sweep, with or without `--resume`, continues it; editing the sweep (more seeds) runs only
+the new trials. Within one run, Tune's FailureConfig retries a failed trial from its last Tune checkpoint.
+
+Nothing here imports Ray at module level: the CLI validates a sweep before Ray is even loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import os
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.cli import UserError
+from orchestrator.store import Store
+from orchestrator.sweep import Sweep, Trial, describe, is_uri, load_sweep
+from orchestrator.tracking import Mirror, eval_metrics
+from trainers.config import TrialConfig
+
+STATE_FILE = "state.pt"
+POINTER_FILE = "basin_checkpoint.json"
+REPORT_EVERY_S = 2.0   # epoch rows are reported to Tune (and MLflow) at least this often, and at checkpoints
+# Tune's own loggers write a JSON/CSV line per result per trial; Parquet and MLflow cover that.
+TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0",
+            "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+# Loggers whose messages are noise here: no per-trial result files on purpose, checkpoint notices.
+QUIET_LOGGERS = ("ray.tune.analysis.experiment_analysis", "ray.train._internal.storage")
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# -- inside the Tune trial (a Ray worker) ---------------------------------------------------------------
+@dataclass(frozen=True)
+class TrialContext:
+    sweep: str
+    results: str   # the sweep's folder (local or URI)
+    threads: int   # torch threads: the CPUs given to one trial
+
+
+def reset_state(threads: int, key: str) -> None:
+    """Actors are reused across trials: leave nothing of the previous trial behind. run_trial seeds torch
+    itself; the global RNGs are seeded from the key anyway so stray randomness is reproducible too."""
+    import random
+
+    import numpy as np
+    import torch
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    torch.set_num_threads(max(1, threads))
+    torch.set_grad_enabled(True)
+    torch.set_default_dtype(torch.float32)
+    seed = int(key[:8], 16)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # GPU memory held by the last trial's leftovers (reference cycles) goes back before the next one.
+        # Not on CPU: a full collection over torch's heap costs ~0.1 s, more than a trivial trial.
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+class TuneSink:
+    """A trainers.results.Sink inside a Tune trial. Epoch rows go to Tune (and from there to MLflow),
+    coalesced: one report per checkpoint or per REPORT_EVERY_S seconds, since every report is a round trip
+    to the driver that the trial waits for. A checkpoint's state goes to the results folder and a pointer
+    to it to Tune. The finished trial's rows go to Parquet, then one last report with its final metrics."""
+
+    def __init__(self, store: Store, sweep: str, key: str, name: str, attempt: int, resumed_from: int,
+                 epochs: int, fail_at: int = 0, fail_attempts: int | None = None):
+        self.store, self.sweep, self.key, self.name = store, sweep, key, name
+        self.attempt, self.resumed_from, self.epochs = attempt, resumed_from, epochs
+        self.fail_at, self.fail_attempts = fail_at, fail_attempts
+        self.written = False
+        self.pending: list[dict[str, float]] = []   # epoch rows not yet reported
+        self.last_report = time.monotonic()
+        self.io = {"parquet_s": 0.0, "checkpoint_s": 0.0, "report_s": 0.0}  # time not spent training
+
+    def _report(self, kind: str, checkpoint_dir: str | None = None, **extra: Any) -> None:
+        from ray import tune
+
+        t0 = time.perf_counter()
+        report = {"kind": kind, "attempt": self.attempt, "resumed_from_epoch": self.resumed_from,
+                  "epochs": self.pending, **(self.pending[-1] if self.pending else {}), **extra}
+        if checkpoint_dir is None:
+            tune.report(report)
+        else:
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))  # copied on return
+        self.pending = []
+        self.last_report = time.monotonic()
+        self.io["report_s"] += time.perf_counter() - t0
+
+    def progress(self, epoch_row: dict[str, Any], state: dict[str, Any] | None) -> None:
+        from trainers.results import save_state
+
+        epoch = int(epoch_row.get("epoch", 0))
+        self.pending.append({k: v for k, v in epoch_row.items() if isinstance(v, (int, float))})
+        last = epoch >= self.epochs  # its rows go with the final report, right after the evaluation
+        if state is not None:
+            # The state goes to the results folder (resume across runs reads it there); the Tune checkpoint
+            # is a small pointer to it, so Tune keeps every one without the forced experiment snapshots
+            # (O(trials) each) that CheckpointConfig(num_to_keep) triggers, and the state is written once.
+            with tempfile.TemporaryDirectory(prefix="basin-ckpt-") as d:
+                t0 = time.perf_counter()
+                path = os.path.join(d, STATE_FILE)
+                save_state(state, path)
+                self.store.save_checkpoint(path, self.key)
+                os.remove(path)
+                with open(os.path.join(d, POINTER_FILE), "w") as f:
+                    json.dump({"trial_key": self.key, "epoch": state["epoch"], "attempt": self.attempt}, f)
+                self.io["checkpoint_s"] += time.perf_counter() - t0
+                if not last:
+                    self._report("epoch", checkpoint_dir=d)
+        elif not last and time.monotonic() - self.last_report >= REPORT_EVERY_S:
+            self._report("epoch")
+        # Fault injection for testing retries (config `extra`): fail after the checkpoint of the first epoch
+        # >= basin_fail_at_epoch this attempt runs, in the first basin_fail_attempts attempts (default: all).
+        if self.fail_at and epoch >= self.fail_at and (self.fail_attempts is None or self.attempt < self.fail_attempts):
+            raise RuntimeError(f"injected failure after epoch {self.fail_at} (extra.basin_fail_at_epoch)")
+
+    def finish(self, tables: dict[str, list[dict[str, Any]]]) -> None:
+        for row in tables.get("trials", []):
+            row["name"] = self.name
+        t0 = time.perf_counter()
+        self.store.write_tables(tables, self.sweep, self.key, self.attempt)
+        self.io["parquet_s"] += time.perf_counter() - t0
+        self.written = True
+        trial = (tables.get("trials") or [{}])[0]
+        self._report("final", final_epoch=self.epochs, seconds=trial.get("seconds"),
+                     metrics=eval_metrics(tables.get("evals", [])), io=dict(self.io))
+
+
+def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """The Tune trainable: one sweep trial, continued from a checkpoint when there is one."""
+    from ray import tune
+
+    from trainers.results import trial_row
+    from trainers.train import run_trial
+
+    t = config["trial"]
+    key, name = t["key"], t["name"]
+    cfg = TrialConfig(**t["config"])
+    store = Store(ctx.results)
+    reset_state(ctx.threads, key)
+    resume = None
+    # A Tune checkpoint exists when Tune retries this trial within the run; an earlier, interrupted run left
+    # only the results folder's file. Both lead to checkpoints/<key>.pt (never older than the pointer).
+    source = "tune" if tune.get_checkpoint() is not None else ""
+    try:
+        resume = store.load_checkpoint(key)
+        source = source or ("results" if resume is not None else "")
+    except Exception as e:  # unreadable: start over rather than fail the trial
+        print(f"basin: {name}: ignoring an unreadable checkpoint ({e})", file=sys.stderr)
+    resumed_from = int(resume["epoch"]) if resume else 0
+    started = time.time()
+    attempt = store.claim_attempt(key, {"started_at": started, "host": socket.gethostname(), "pid": os.getpid(),
+                                        "resumed_from_epoch": resumed_from, "checkpoint": source,
+                                        "tune_trial_id": tune.get_context().get_trial_id()})
+    extra = cfg.extra or {}
+    sink = TuneSink(store, ctx.sweep, key, name, attempt, resumed_from, cfg.epochs,
+                    fail_at=int(extra.get("basin_fail_at_epoch", 0)), fail_attempts=extra.get("basin_fail_attempts"))
+    try:
+        run_trial(cfg, sink=sink, resume=resume)
+    except Exception as e:
+        if sink.written:  # its rows are on disk: the trial is done, whatever failed after that
+            print(f"basin: {name}: error after its results were written ({e})", file=sys.stderr)
+            return
+        now = time.time()
+        row = trial_row(cfg.to_dict(), name=name, status="failed", error=f"{type(e).__name__}: {e}"[:2000],
+                        started_at=started, finished_at=now, seconds=now - started)
+        try:
+            store.write_tables({"trials": [row]}, ctx.sweep, key, attempt)
+        except Exception as w:
+            print(f"basin: {name}: could not record the failure ({w})", file=sys.stderr)
+        raise
+
+
+def trial_name(trial: Any) -> str:
+    return trial.config["trial"]["name"]
+
+
+def trial_dirname(trial: Any) -> str:
+    t = trial.config["trial"]
+    return Trial(key=t["key"], name=t["name"], config=TrialConfig()).dirname
+
+
+# -- the driver -------------------------------------------------------------------------------------------
+@dataclass
+class Summary:
+    sweep: str
+    total: int
+    completed: int
+    skipped: int = 0                       # completed by earlier runs
+    ran: int = 0                           # trials started by this run
+    failed: dict[str, str] = field(default_factory=dict)  # trial name -> error
+    seconds: float = 0.0
+    mlflow_gap: str = ""
+    # seconds summed over this run's completed trials: training (trial rows' `seconds`), Parquet writes,
+    # checkpoints, Tune reports; and the driver's MLflow thread busy time
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.completed == self.total
+
+
+def start_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Connect to a cluster or start a local Ray bound to 127.0.0.1; False if Ray was already running in
+    this process (a test, a notebook), which is then used as it is."""
+    # Ray 2.60 turns token auth on for a new local cluster; set it explicitly so a driver connecting to a
+    # cluster behaves the same (a cluster without auth: RAY_AUTH_MODE=disabled). Ray reads it when it is
+    # imported, so only before that (otherwise Ray's own default stays, which is token auth for local).
+    if "ray" not in sys.modules:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    if ray.is_initialized():
+        return False
+    common = dict(logging_level=logging.WARNING, log_to_driver=True)
+    try:
+        if address:
+            ray.init(address=address, **common)
+        else:
+            with _loopback():
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **common)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        hint = (" (a cluster with token auth needs its token: `ray get-auth-token` on the head, or "
+                "RAY_AUTH_MODE=disabled for a cluster without auth)" if "auth" in str(e).lower() else "")
+        raise UserError(f"cannot start or reach {where}: {' '.join(str(e).split())[:300]}{hint}") from None
+    return True
+
+
+@contextlib.contextmanager
+def _loopback() -> Iterator[None]:
+    """Bind a local Ray to 127.0.0.1. `ray.init(_node_ip_address="127.0.0.1")` is not enough: Ray swaps a
+    loopback address for the machine's routable one unless clusters are off, which is what Ray does on
+    macOS/Windows (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0); Ray reads that flag when it picks the address."""
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+def check_resources(sweep: Sweep, local: bool) -> None:
+    """A trial that can never be placed waits forever: refuse it on a fixed local machine, warn on a
+    cluster (an autoscaler may add the nodes)."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    fits = any(r.get("CPU", 0) >= sweep.cpus and r.get("GPU", 0) >= sweep.gpus for r in nodes)
+    if fits:
+        return
+    have = ", ".join(f"{r.get('CPU', 0):g} CPU/{r.get('GPU', 0):g} GPU" for r in nodes)
+    msg = f"resources: a trial needs {sweep.cpus:g} CPU and {sweep.gpus:g} GPU, but no node has that ({have})"
+    if local:
+        raise UserError(f"{sweep.path}: {msg}")
+    say(f"[{sweep.name}] warning: {msg}; trials wait until the cluster has such a node")
+
+
+def where_text(sweep: Sweep) -> str:
+    """Where the results are and how to look at them (printed at the end of a run)."""
+    rel = sweep.dir
+    if not is_uri(sweep.dir) and not os.path.relpath(sweep.dir).startswith(".."):
+        rel = os.path.relpath(sweep.dir)
+    lines = [f"  Parquet: {sweep.dir}/{{trials,epochs,evals,predictions,weights}}/"]
+    if sweep.mlflow:
+        lines.append(f"  MLflow:  {sweep.mlflow}")
+        if sweep.mlflow.startswith("sqlite:"):
+            lines.append(f"           UI: basin ui {rel}   then open http://127.0.0.1:5000")
+    lines += ["  pandas:", *(f"    {line}" for line in pandas_snippet(rel))]
+    return "\n".join(lines)
+
+
+def pandas_snippet(folder: str) -> list[str]:
+    """Three lines that load a sweep and print mean test accuracy at the subspace centre per group."""
+    return ["import analysis",
+            f"r = analysis.load({folder!r})",
+            "print(r.evals.query(\"split == 'test' and kind == 'center'\").merge(r.trials[[\"trial_key\", \"shape\", "
+            "\"layerwise\", \"label_noise\"]]).groupby([\"shape\", \"layerwise\", \"label_noise\"]).accuracy.mean())"]
+
+
+def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, num_cpus: int | None = None,
+              every: float = 5.0, dry_run: bool = False) -> Summary:
+    """Run (or continue) a sweep; returns what happened. Raises UserError before starting anything when
+    the sweep cannot run."""
+    store = Store(sweep.dir)
+    trials = sweep.trials
+    if resume and not store.exists("sweep.yaml"):
+        raise UserError(f"{sweep.path}: nothing to resume: no earlier run of {sweep.name!r} in {sweep.dir}")
+    status = store.trial_status()
+    done = {t.key for t in trials if status.get(t.key, {}).get("status") == "completed"}
+    pending = [t for t in trials if t.key not in done]
+    if dry_run:
+        say(describe(sweep))
+        say(f"  {len(done)} already completed, {len(pending)} to run")
+        return Summary(sweep.name, len(trials), len(done), skipped=len(done))
+    try:
+        store.check_writable()
+        if sweep.mlflow.startswith("sqlite:///"):
+            os.makedirs(os.path.dirname(sweep.mlflow[len("sqlite:///"):]), exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{sweep.path}: results: cannot write to {sweep.dir} ({e.strerror or e})") from None
+    store.write_bytes("sweep.yaml", sweep.text.encode())
+    say(f"[{sweep.name}] {len(trials)} trials: {len(done)} completed earlier, {len(pending)} to run "
+        f"({sweep.cpus:g} CPU, {sweep.gpus:g} GPU each)")
+    if not pending:
+        say(where_text(sweep))
+        return Summary(sweep.name, len(trials), len(done), skipped=len(done))
+
+    for k, v in TUNE_ENV.items():
+        os.environ.setdefault(k, v)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    t0 = time.monotonic()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    record = {"state": "running", "started_at": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
+              "address": address or "local", "to_run": len(pending), "total": len(trials)}
+    _record_run(store, stamp, record)
+    mirror = None
+    if sweep.mlflow:
+        local_store = sweep.mlflow.startswith("sqlite:") and not is_uri(sweep.dir)
+        mirror = Mirror(sweep.mlflow, sweep.name, sweep_text=sweep.text,
+                        sweep_tags={"trials": len(trials), "axes": json.dumps(list(sweep.axes))},
+                        artifact_location=f"file://{sweep.dir}/mlartifacts" if local_store else None,
+                        warn=lambda m: say(f"[{sweep.name}] warning: {m}")).start()
+    started_ray = False
+    try:
+        started_ray = start_ray(address, num_cpus)
+        check_resources(sweep, local=not address)
+        callback, grid = _fit(sweep, pending, mirror, every, skipped=len(done))
+    except BaseException:
+        if mirror is not None:  # what reached the mirror still goes to MLflow
+            mirror.close("KILLED", timeout=10)
+        raise
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    seconds = time.monotonic() - t0
+    status = store.trial_status()
+    completed = sum(1 for t in trials if status.get(t.key, {}).get("status") == "completed")
+    by_key = {t.key: t.name for t in trials}
+    failed = {by_key[k]: e for k, e in callback.failed.items() if status.get(k, {}).get("status") != "completed"}
+    for r in grid:  # trials Tune saw fail that the callback did not (e.g. the actor died)
+        key = r.config["trial"]["key"] if r.config else None
+        if r.error is not None and key and by_key.get(key) not in failed and key not in done:
+            failed[by_key[key]] = str(r.error).strip().splitlines()[-1][:300]
+    summary = Summary(sweep.name, len(trials), completed, skipped=len(done), ran=len(pending), failed=failed,
+                      seconds=seconds, timings=dict(callback.timings))
+    if mirror is not None:
+        gap = mirror.close("FINISHED" if summary.ok else "FAILED",
+                           {"completed": completed, "failed": len(failed), "total": len(trials)})
+        summary.mlflow_gap = gap.describe(sweep.mlflow) if gap else ""
+        summary.timings["mlflow_s"] = mirror.busy
+    _record_run(store, stamp, {**record, **summary.__dict__, "state": "finished", "ok": summary.ok,
+                                "finished_at": time.time()})
+    _report(sweep, summary)
+    return summary
+
+
+def _fit(sweep: Sweep, pending: list[Trial], mirror: Mirror | None, every: float, skipped: int) -> tuple[Any, Any]:
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    from orchestrator.progress import SweepCallback
+
+    callback = SweepCallback(sweep.name, len(pending), mirror, every=every, say=say, skipped=skipped)
+    ctx = TrialContext(sweep=sweep.name, results=sweep.dir, threads=max(1, int(sweep.cpus)))
+    trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx),
+                                    {"cpu": sweep.cpus, "gpu": sweep.gpus})
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search([t.param() for t in pending])},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=sweep.max_concurrent or None,
+            scheduler=FIFOScheduler(),  # no early stopping: it would bias seed statistics
+            reuse_actors=True,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=sweep.storage,
+            failure_config=tune.FailureConfig(max_failures=sweep.retries),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # pointers: see TuneSink
+            callbacks=[callback],
+            verbose=0,
+        ),
+    )
+    grid = tuner.fit()
+    say(callback.line())
+    return callback, grid
+
+
+def _record_run(store: Store, stamp: str, record: dict[str, Any]) -> None:
+    """runs/<stamp>.json: written when a run starts (state running, pid) and when it ends (its summary);
+    `basin status` tells a live run from an interrupted one by it."""
+    try:
+        store.write_bytes(f"runs/{stamp}-{os.getpid()}.json", json.dumps(record, indent=1).encode())
+    except OSError as e:
+        say(f"[{store.root}] warning: could not record this run ({e})")
+
+
+def _report(sweep: Sweep, s: Summary) -> None:
+    say(f"[{sweep.name}] {s.completed}/{s.total} trials completed"
+        + (f" ({s.skipped} in earlier runs)" if s.skipped else "")
+        + f", {len(s.failed)} failed, this run took {s.seconds:.0f}s")
+    for name, err in list(s.failed.items())[:20]:
+        say(f"  failed: {name}: {err}")
+    if len(s.failed) > 20:
+        say(f"  ... and {len(s.failed) - 20} more (see the trials table, status == 'failed')")
+    if s.mlflow_gap:
+        say(f"[{sweep.name}] warning: {s.mlflow_gap}")
+    say(where_text(sweep))
+    if s.failed:
+        say(f"  re-run `basin run {sweep.path}` to retry the failed trials (completed ones are kept)")
+
+
+# -- CLI --------------------------------------------------------------------------------------------------
+def add_run_args(p: Any) -> None:
+    p.add_argument("sweep", help="the sweep file (YAML)")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray on 127.0.0.1)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an earlier run (re-running the sweep does the same; this also checks there is one)")
+    p.add_argument("--dry-run", action="store_true", help="check the sweep, print its trials, start nothing")
+    p.add_argument("--results", help="results folder or URI (overrides the file's `results`)")
+    p.add_argument("--mlflow", help="MLflow tracking URI (overrides the file's `mlflow`; 'false' = off)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--every", type=float, default=5.0, metavar="S", help="seconds between progress lines")
+
+
+def cmd_run(args: Any) -> int:
+    mlflow = False if args.mlflow in ("false", "off", "none") else args.mlflow
+    sweep = load_sweep(args.sweep, results=args.results, mlflow=mlflow)
+    summary = run_sweep(sweep, address=args.address, resume=args.resume, num_cpus=args.num_cpus,
+                        every=args.every, dry_run=args.dry_run)
+    return 0 if summary.ok or args.dry_run else 1

@@ -1,0 +1,232 @@
+"""`basin status` (the sweeps under a results folder and their counts), `basin ui` (MLflow's UI on a
+sweep's store, 127.0.0.1 only) and `basin compact` (merge a sweep's many per-trial Parquet files)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from analysis.load import filesystem
+from orchestrator.cli import UserError
+from orchestrator.store import Store
+from orchestrator.sweep import is_uri, join, parse_sweep
+from trainers.schema import SCHEMAS, TABLES
+
+COMPACT_ROW_GROUP_BYTES = 128 << 20
+
+
+def _children(root: str) -> list[str]:
+    fs, path = filesystem(root)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.Directory:
+        raise UserError(f"{root}: no such results folder")
+    entries = fs.get_file_info(pafs.FileSelector(path))
+    return sorted(e.base_name for e in entries if e.type == pafs.FileType.Directory
+                  and not e.base_name.startswith("."))
+
+
+def is_sweep_dir(folder: str) -> bool:
+    s = Store(folder)
+    return s.exists("sweep.yaml") or s.exists("trials")
+
+
+def sweep_dirs(root: str) -> list[str]:
+    """`root` itself if it is a sweep's folder, else its sweep subfolders."""
+    if is_sweep_dir(root):
+        return [root.rstrip("/")]
+    return [join(root, c) for c in _children(root) if is_sweep_dir(join(root, c))]
+
+
+def saved_sweep(folder: str) -> Any:
+    """The sweep file saved by the last `basin run`, parsed with paths pointing at this folder (the
+    results folder may have moved since); None if absent or unreadable."""
+    store = Store(folder)
+    text = store.read_bytes("sweep.yaml")
+    if text is None:
+        return None
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+        parent, _, name = folder.rstrip("/").rpartition("/")
+        sweep = parse_sweep({**data, "name": name}, f"{folder}/sweep.yaml", text.decode(), results=parent or ".")
+        _ = sweep.trials
+        return sweep
+    except Exception:
+        return None
+
+
+def last_run(store: Store) -> dict[str, Any] | None:
+    """The newest record in runs/ (written by `basin run` at its start and end)."""
+    fs, path = filesystem(store.root)
+    try:
+        entries = fs.get_file_info(pafs.FileSelector(f"{path.rstrip('/')}/runs"))
+    except (FileNotFoundError, OSError):
+        return None
+    names = sorted(e.base_name for e in entries if e.base_name.endswith(".json"))
+    if not names:
+        return None
+    data = store.read_bytes(f"runs/{names[-1]}")
+    try:
+        return json.loads(data) if data else None
+    except ValueError:
+        return None
+
+
+def _state(run: dict[str, Any] | None) -> str:
+    if not run:
+        return "-"
+    if run.get("state") == "running":
+        alive = False
+        if run.get("host") == socket.gethostname():
+            try:
+                os.kill(int(run.get("pid", 0)), 0)
+                alive = True
+            except (OSError, ValueError):
+                alive = False
+        else:
+            return "running?"  # another machine: cannot tell
+        return "running" if alive else "interrupted"
+    return "finished" if run.get("ok") else "incomplete"
+
+
+def sweep_status(folder: str) -> dict[str, Any]:
+    store = Store(folder)
+    status = store.trial_status()
+    sweep = saved_sweep(folder)
+    keys = [t.key for t in sweep.trials] if sweep else list(status)
+    completed = sum(1 for k in keys if status.get(k, {}).get("status") == "completed")
+    failed = sum(1 for k in keys if status.get(k, {}).get("status") == "failed")
+    run = last_run(store)
+    return {"sweep": folder.rstrip("/").rpartition("/")[2], "folder": folder, "completed": completed,
+            "failed": failed, "total": len(keys) if sweep else None,
+            "attempts": sum(r["ended"] for r in status.values()),
+            "state": _state(run), "last_run": run.get("started_at") if run else None,
+            "mlflow": sweep.mlflow if sweep else ""}
+
+
+def add_status_args(p: Any) -> None:
+    p.add_argument("results", nargs="?", default="results", help="a results folder (or one sweep's folder)")
+    p.add_argument("--json", action="store_true", help="one JSON object per sweep")
+
+
+def cmd_status(args: Any) -> int:
+    rows = [sweep_status(d) for d in sweep_dirs(args.results)]
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+        return 0
+    if not rows:
+        print(f"{args.results}: no sweeps yet (run one: basin run sweeps/quickstart.yaml)")
+        return 0
+    width = max(5, *(len(r["sweep"]) for r in rows))
+    print(f"{'SWEEP':<{width}}  {'DONE':>6}  {'FAILED':>6}  {'TOTAL':>6}  {'STATE':<11}  {'LAST RUN':<16}  FOLDER")
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["last_run"])) if r["last_run"] else "-"
+        total = "?" if r["total"] is None else r["total"]
+        print(f"{r['sweep']:<{width}}  {r['completed']:>6}  {r['failed']:>6}  {total:>6}  {r['state']:<11}  "
+              f"{when:<16}  {r['folder']}")
+    return 0
+
+
+# -- basin ui ---------------------------------------------------------------------------------------------
+def add_ui_args(p: Any) -> None:
+    p.add_argument("sweep", help="a sweep's results folder, e.g. results/quickstart")
+    p.add_argument("--port", type=int, default=5000)
+
+
+def ui_command(folder: str, port: int) -> list[str] | str:
+    """The `mlflow ui` command for a sweep's local store, or the URL of its tracking server."""
+    sweep = saved_sweep(folder)
+    uri = sweep.mlflow if sweep else ""
+    if not uri and not is_uri(folder) and os.path.exists(os.path.join(folder, "mlflow.db")):
+        uri = f"sqlite:///{os.path.abspath(os.path.join(folder, 'mlflow.db'))}"
+    if not uri:
+        raise UserError(f"{folder}: no MLflow store for this sweep (was it run with mlflow: false?)")
+    if uri.startswith(("http://", "https://", "databricks")):
+        return uri
+    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+        raise UserError(f"{folder}: the sweep's MLflow store {uri} does not exist yet")
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+            "--port", str(port), "--workers", "1"]
+
+
+def cmd_ui(args: Any) -> int:
+    cmd = ui_command(args.sweep.rstrip("/"), args.port)
+    if isinstance(cmd, str):
+        print(f"{args.sweep} logs to the tracking server {cmd}: open it in a browser (through an SSH tunnel "
+              "for a cluster: ray dashboard / ssh -L)")
+        return 0
+    print(f"MLflow UI for {args.sweep}: http://127.0.0.1:{args.port}  (Ctrl-C to stop)", flush=True)
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}  # no background job runners
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
+# -- basin compact ----------------------------------------------------------------------------------------
+def add_compact_args(p: Any) -> None:
+    p.add_argument("sweep", help="a sweep's results folder (or a results folder: every sweep in it)")
+
+
+def compact_table(folder: str, table: str) -> tuple[int, int]:
+    """Merge a table's files into one: written whole under a temp name and renamed (a single PUT on object
+    stores), then the inputs are deleted. A crash in between leaves duplicates, which readers drop."""
+    fs, base = filesystem(folder)
+    tdir = f"{base.rstrip('/')}/{table}"
+    if fs.get_file_info(tdir).type != pafs.FileType.Directory:
+        return 0, 0
+    files = sorted(e.path for e in fs.get_file_info(pafs.FileSelector(tdir))
+                   if e.type == pafs.FileType.File and e.base_name.endswith(".parquet")
+                   and not e.base_name.startswith("."))
+    if len(files) <= 1:
+        return len(files), 0
+    dataset = ds.dataset(files, format="parquet", filesystem=fs, schema=SCHEMAS[table])
+    name = f"compact-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
+    local = not is_uri(folder)
+    target = f"{tdir}/.{name}.tmp" if local else f"{tdir}/{name}"
+    rows = 0
+    with pq.ParquetWriter(target, SCHEMAS[table], filesystem=fs, compression="zstd") as w:
+        batch: list[pa.RecordBatch] = []
+        size = 0
+        for b in dataset.to_batches(batch_size=4096):
+            batch.append(b)
+            size += b.nbytes
+            rows += b.num_rows
+            if size >= COMPACT_ROW_GROUP_BYTES:
+                w.write_table(pa.Table.from_batches(batch, SCHEMAS[table]))
+                batch, size = [], 0
+        if batch:
+            w.write_table(pa.Table.from_batches(batch, SCHEMAS[table]))
+    if local:
+        fs.move(target, f"{tdir}/{name}")
+    for f in files:
+        fs.delete_file(f)
+    return len(files), rows
+
+
+def cmd_compact(args: Any) -> int:
+    folders = sweep_dirs(args.sweep)
+    if not folders:
+        raise UserError(f"{args.sweep}: no sweep results here")
+    for folder in folders:
+        parts = []
+        for table in TABLES:
+            n, rows = compact_table(folder, table)
+            if rows:
+                parts.append(f"{table} {n} files -> 1 ({rows} rows)")
+        print(f"{folder}: " + ("; ".join(parts) if parts else "nothing to merge"))
+    return 0
+

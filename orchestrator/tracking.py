@@ -1,0 +1,336 @@
+"""The MLflow mirror of a sweep: one experiment, one parent run, one child run per trial.
+
+It lives in the driver and is fed from the Ray Tune result stream, so the trials never talk to MLflow:
+one writer (SQLite's locks are no issue), nothing on the training hot path, and the workers need no
+route to the tracking server. A background thread batches everything into `MlflowClient.log_batch`
+(<= 1000 metrics a call). If the server is unreachable, data waits in memory and is retried with back-off;
+what still cannot be logged at the end is counted and reported as the gap (Parquet is complete
+regardless: it is written by the trials themselves).
+
+A trial's child run is found again by its `basin.trial_key` tag under the sweep's parent run, so a retried
+or resumed trial continues its own run; epochs it already logged are not logged twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_METRICS = 1000     # log_batch: at most 1000 metrics ...
+MAX_PARAMS = 100       # ... 100 params and 100 tags per call
+MAX_TAGS = 100
+MAX_PENDING = 500_000  # metrics held while the server is down, beyond that they are dropped (and counted)
+# A trial's tags in MLflow besides its params: what one filters and groups by in the UI.
+TAG_FIELDS = ("shape", "method", "dataset", "model", "endpoints", "layerwise", "batchnorm", "label_noise", "seed")
+# Errors that will not go away by retrying (a bad value, a run that does not exist): drop and count.
+PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST", "INVALID_STATE",
+             "RESOURCE_ALREADY_EXISTS", "PERMISSION_DENIED"}
+
+
+def quiet_http_defaults() -> None:
+    """MLflow's HTTP client retries 7 times with back-off (minutes against a dead server): the mirror retries
+    on its own schedule instead. Users' explicit settings win."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+
+
+@dataclass
+class _RunBuffer:
+    name: str = ""
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    # key, value, timestamp ms, step, whether it is a per-epoch metric (skipped if the step was logged before)
+    metrics: list[tuple[str, float, int, int, bool]] = field(default_factory=list)
+    status: str | None = None     # RUNNING / FINISHED / FAILED, applied after the metrics
+
+
+@dataclass
+class Gap:
+    """What could not be mirrored to MLflow."""
+    metrics: int = 0
+    trials: set[str] = field(default_factory=set)
+    error: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.metrics or self.trials)
+
+    def describe(self, uri: str) -> str:
+        return (f"MLflow mirror incomplete: {self.metrics} metrics of {len(self.trials)} trials were not logged "
+                f"to {uri} ({self.error}); the Parquet results are complete")
+
+
+class Mirror:
+    """Mirror a sweep into MLflow from the driver. Methods only queue; a thread does the I/O."""
+
+    def __init__(self, uri: str, experiment: str, sweep_tags: dict[str, str] | None = None,
+                 sweep_text: str = "", artifact_location: str | None = None, every: float = 2.0,
+                 warn: Callable[[str], None] | None = None):
+        self.uri, self.experiment = uri, experiment
+        self.sweep_tags, self.sweep_text = dict(sweep_tags or {}), sweep_text
+        self.artifact_location, self.every = artifact_location, every
+        self.warn = warn or (lambda msg: None)
+        self.gap = Gap()
+        self.experiment_id: str | None = None
+        self.parent_id: str | None = None
+        self.run_ids: dict[str, str] = {}          # trial key -> child run id
+        self.logged_epoch: dict[str, int] = {}     # trial key -> last epoch step logged
+        self._found: set[str] = set()              # runs that existed before this mirror started
+        self._terminated: set[str] = set()         # runs not RUNNING (ended, or found ended)
+        self._queue: list[tuple[str, str, Any]] = []
+        self._pending: dict[str, _RunBuffer] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._retry_at = 0.0
+        self._backoff = 0.0
+        self._warned = False
+        self._closing = False
+        self._client: Any = None
+        self.busy = 0.0  # seconds the thread spent talking to MLflow
+        self._thread = threading.Thread(target=self._loop, name="basin-mlflow", daemon=True)
+
+    # -- what the driver calls (cheap, never raises) ---------------------------------------------------------
+    def start(self) -> Mirror:
+        quiet_http_defaults()
+        self._thread.start()
+        return self
+
+    def trial(self, key: str, name: str, config: dict[str, Any], tags: dict[str, Any] | None = None) -> None:
+        """Make sure trial `key` has a child run (created with the config as params on first flush)."""
+        params = {k: _param(v) for k, v in config.items()}
+        t = {f"basin.{k}": str(v) for k, v in (tags or {}).items()}
+        t.update({k: _param(config[k]) for k in TAG_FIELDS if k in config})
+        self._put(key, "trial", (name, params, t))
+
+    def metrics(self, key: str, values: dict[str, float], step: int, epoch: bool = False) -> None:
+        """Metrics at one step; with `epoch`, a step this trial's run already has is skipped."""
+        self._put(key, "metrics", (values, step, int(time.time() * 1000), epoch))
+
+    def tags(self, key: str, tags: dict[str, Any]) -> None:
+        self._put(key, "tags", {k: str(v) for k, v in tags.items()})
+
+    def status(self, key: str, status: str) -> None:
+        self._put(key, "status", status)
+
+    def close(self, status: str = "FINISHED", summary: dict[str, Any] | None = None,
+              timeout: float = 30.0) -> Gap:
+        """Flush what is left (one more try even when the server was down), end the parent run, return
+        the gap. Waits at most `timeout` seconds."""
+        if summary:
+            self._put("", "tags", {f"basin.{k}": str(v) for k, v in summary.items()})
+        self._put("", "status", status)
+        self._closing = True
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+        with self._lock:
+            for key, buf in self._pending.items():
+                self._count_gap(key, buf, "still pending at exit")
+            for _, key, _ in self._queue:
+                self.gap.trials.add(key)
+            self._pending.clear()
+            self._queue.clear()
+        self.gap.trials.discard("")
+        return self.gap
+
+    def _put(self, key: str, kind: str, value: Any) -> None:
+        with self._lock:
+            self._queue.append((kind, key, value))
+
+    # -- the thread ---------------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            stopping = self._stop.is_set()
+            self._drain()
+            if self._pending and (stopping or time.monotonic() >= self._retry_at):
+                t0 = time.perf_counter()
+                self._flush()
+                self.busy += time.perf_counter() - t0
+            if stopping:
+                return
+            self._wake.wait(self.every)
+            self._wake.clear()
+
+    def _drain(self) -> None:
+        with self._lock:
+            queue, self._queue = self._queue, []
+        for kind, key, value in queue:
+            buf = self._pending.setdefault(key, _RunBuffer())
+            if kind == "trial":
+                buf.name, params, tags = value
+                buf.params.update(params)
+                buf.tags.update(tags)
+            elif kind == "metrics":
+                values, step, ts, epoch = value
+                buf.metrics += [(k, float(v), ts, step, epoch) for k, v in values.items() if v is not None]
+            elif kind == "tags":
+                buf.tags.update(value)
+            elif kind == "status":
+                buf.status = value
+        held = sum(len(b.metrics) for b in self._pending.values())
+        if held > MAX_PENDING:  # the server has been down a long time: keep memory bounded
+            for key, buf in list(self._pending.items()):
+                if buf.metrics:
+                    self._count_gap(key, buf, "too much data held while MLflow was unreachable", metrics_only=True)
+
+    def _flush(self) -> None:
+        try:
+            self._open()
+            for key in list(self._pending):
+                buf = self._pending[key]
+                try:
+                    self._flush_run(key, buf)
+                    del self._pending[key]
+                except Exception as e:
+                    if not _permanent(e):
+                        raise
+                    self._count_gap(key, buf, _one_line(e))
+                    del self._pending[key]
+            self._backoff = 0.0
+        except Exception as e:  # unreachable, locked, timed out: keep the data, try again later
+            self._backoff = min(60.0, max(2.0, self._backoff * 2))
+            self._retry_at = time.monotonic() + self._backoff
+            self.gap.error = _one_line(e)
+            if not self._warned:
+                self._warned = True
+                self.warn(f"MLflow at {self.uri} is unreachable ({self.gap.error}); training goes on, "
+                          "metrics are held and retried, Parquet is unaffected")
+
+    def _count_gap(self, key: str, buf: _RunBuffer, why: str, metrics_only: bool = False) -> None:
+        self.gap.metrics += len(buf.metrics)
+        self.gap.trials.add(key)
+        self.gap.error = self.gap.error or why
+        buf.metrics = []
+        if not metrics_only:
+            buf.params, buf.tags, buf.status = {}, {}, None
+
+    def _open(self) -> None:
+        """Experiment, parent run and the child runs that already exist (once, lazily)."""
+        if self.parent_id is not None:
+            return
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        from mlflow.entities import RunTag
+        from mlflow.tracking import MlflowClient
+
+        client = self._client or MlflowClient(tracking_uri=self.uri)
+        self._client = client
+        exp = client.get_experiment_by_name(self.experiment)
+        if exp is None:
+            exp_id = client.create_experiment(self.experiment, artifact_location=self.artifact_location,
+                                              tags={"basin.sweep": self.experiment})
+        else:
+            exp_id = exp.experiment_id
+            if exp.lifecycle_stage == "deleted":
+                client.restore_experiment(exp_id)
+        parents = client.search_runs([exp_id], "tags.`basin.role` = 'sweep'", max_results=1,
+                                     order_by=["attributes.start_time ASC"])
+        if parents:
+            parent = parents[0].info.run_id
+            client.update_run(parent, status="RUNNING")
+        else:
+            run = client.create_run(exp_id, run_name=self.experiment,
+                                    tags={"basin.role": "sweep", "basin.sweep": self.experiment})
+            parent = run.info.run_id
+            if self.sweep_text:
+                try:
+                    client.log_text(parent, self.sweep_text, "sweep.yaml")
+                except Exception as e:  # an artifact store we cannot reach must not stop the metrics
+                    self.warn(f"MLflow: could not store sweep.yaml as an artifact ({_one_line(e)})")
+        if self.sweep_tags:
+            client.log_batch(parent, tags=[RunTag(f"basin.{k}", str(v)) for k, v in self.sweep_tags.items()])
+        token = None
+        while True:  # child runs of earlier runs of this sweep: a trial continues its own run
+            page = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1000,
+                                      order_by=["attributes.start_time ASC"], page_token=token)
+            for r in page:
+                key = r.data.tags.get("basin.trial_key")
+                if key and key not in self.run_ids:
+                    self.run_ids[key] = r.info.run_id
+                    self._found.add(key)
+                    if r.info.status != "RUNNING":
+                        self._terminated.add(key)
+                    self.logged_epoch[key] = max(self.logged_epoch.get(key, 0),
+                                                 int(r.data.tags.get("basin.epochs_logged", 0)))
+            token = page.token
+            if not token:
+                break
+        self.experiment_id, self.parent_id = exp_id, parent
+
+    def _flush_run(self, key: str, buf: _RunBuffer) -> None:
+        """Send one run's buffer in as few calls as MLflow allows (a new trial that already finished: create,
+        one log_batch with params, tags and metrics, terminate); what succeeded is removed from the buffer,
+        so a retry sends only the rest."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        client = self._client
+        if key == "":  # the sweep's parent run
+            run_id = self.parent_id
+        else:
+            run_id = self.run_ids.get(key)
+            if run_id is None:
+                tags = {"mlflow.parentRunId": self.parent_id, "basin.role": "trial",
+                        "basin.sweep": self.experiment, "basin.trial_key": key, **buf.tags}
+                run_id = client.create_run(self.experiment_id, run_name=buf.name or key, tags=tags).info.run_id
+                self.run_ids[key] = run_id
+                buf.tags = {}
+            elif key in self._found:
+                buf.params = {}  # a run found again has its params (they cannot change)
+        if buf.status == "RUNNING":
+            if key in self._terminated:  # a run ended earlier (an earlier sweep run) is continued
+                client.update_run(run_id, status="RUNNING")
+                self._terminated.discard(key)
+            buf.status = None
+        # Epochs this run already has (from an earlier attempt or run) are not logged again: a resumed
+        # attempt reports the epochs after its checkpoint a second time, with the same numbers.
+        floor = self.logged_epoch.get(key, 0)
+        buf.metrics = [m for m in buf.metrics if not (m[4] and m[3] <= floor)]
+        last = max((m[3] for m in buf.metrics if m[4]), default=floor)
+        if last > floor:
+            buf.tags["basin.epochs_logged"] = str(last)
+        params = [Param(k, v) for k, v in buf.params.items()]
+        tags = [RunTag(k, v) for k, v in buf.tags.items()]
+        while params or tags or buf.metrics:
+            p, t = params[:MAX_PARAMS], tags[:MAX_TAGS]
+            n = MAX_METRICS - len(p) - len(t)  # at most 1000 entities in one call
+            chunk = buf.metrics[:n]
+            client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v, ts, step, _ in chunk], params=p,
+                             tags=t)
+            params, tags, buf.metrics = params[len(p):], tags[len(t):], buf.metrics[len(chunk):]
+            buf.params = {x.key: x.value for x in params}
+            buf.tags = {x.key: x.value for x in tags}
+        self.logged_epoch[key] = last
+        if buf.status:
+            client.set_terminated(run_id, status=buf.status)
+            self._terminated.add(key)
+            buf.status = None
+
+
+def _param(v: Any) -> str:
+    return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else str(v)
+
+
+def _permanent(e: Exception) -> bool:
+    return getattr(e, "error_code", None) in PERMANENT
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:300]}"
+
+
+def eval_metrics(evals: list[dict[str, Any]]) -> dict[str, float]:
+    """The evals rows of a finished trial as flat MLflow metric names: `test/center/accuracy`,
+    `test/alpha_0.50/nll`, `test/center/snow3/ece` (corrupted data: name and severity)."""
+    out = {}
+    for r in evals:
+        corr = f"/{r['corruption']}{r.get('severity') or ''}" if r.get("corruption") else ""
+        for m in ("accuracy", "nll", "brier", "ece"):
+            if r.get(m) is not None:
+                out[f"{r['split']}/{r['point']}{corr}/{m}"] = float(r[m])
+    return out
