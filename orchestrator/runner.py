@@ -142,6 +142,8 @@ class TuneSink:
         self.store.write_tables(tables, self.sweep, self.key, self.attempt)
         self.io["parquet_s"] += time.perf_counter() - t0
         self.written = True
+        # every epoch once more: the mirror logs those it lacks (a report lost with a dead worker)
+        self.pending = [{k: v for k, v in r.items() if isinstance(v, (int, float))} for r in tables.get("epochs", [])]
         trial = (tables.get("trials") or [{}])[0]
         self._report("final", final_epoch=self.epochs, seconds=trial.get("seconds"),
                      metrics=eval_metrics(tables.get("evals", [])), io=dict(self.io))
@@ -298,8 +300,9 @@ def pandas_snippet(folder: str) -> list[str]:
     """Three lines that load a sweep and print mean test accuracy at the subspace centre per group."""
     return ["import analysis",
             f"r = analysis.load({folder!r})",
-            "print(r.evals.query(\"split == 'test' and kind == 'center'\").merge(r.trials[[\"trial_key\", \"shape\", "
-            "\"layerwise\", \"label_noise\"]]).groupby([\"shape\", \"layerwise\", \"label_noise\"]).accuracy.mean())"]
+            "print(r.evals.query(\"split == 'test' and kind == 'center'\").merge(r.trials[[\"trial_key\", \"method\", "
+            "\"shape\", \"layerwise\", \"label_noise\"]]).groupby([\"method\", \"shape\", \"layerwise\", "
+            "\"label_noise\"]).accuracy.mean())"]
 
 
 def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, num_cpus: int | None = None,

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from orchestrator.cli import UserError
-from trainers.config import FIELDS, ConfigError, TrialConfig, make_config
+from trainers.config import FIELDS, ConfigError, TrialConfig, irrelevant, make_config
 
 SWEEP_FIELDS = ("name", "description", "base", "axes", "include", "exclude", "resources", "max_concurrent",
                 "retries", "checkpoint_every", "results", "mlflow", "storage")
@@ -35,13 +35,6 @@ MLFLOW_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "fi
 # Results/storage URI schemes pyarrow's filesystems open.
 FS_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 DEFAULTS = dict(resources={"cpus": 1, "gpus": 0}, max_concurrent=0, retries=2, results="results")
-
-
-def irrelevant(cfg: TrialConfig) -> set[str]:
-    """Fields that mean nothing for this trial's shape: `endpoints` outside a simplex, `layerwise` for a
-    point. make_config gives them one canonical value (so such trials share a key and run once); trial
-    names leave them out."""
-    return ({"endpoints"} if cfg.shape != "simplex" else set()) | ({"layerwise"} if cfg.shape == "point" else set())
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ class Mirror:
         self.experiment_id: str | None = None
         self.parent_id: str | None = None
         self.run_ids: dict[str, str] = {}          # trial key -> child run id
-        self.logged_epoch: dict[str, int] = {}     # trial key -> last epoch step logged
+        self.logged: dict[str, set[int]] = {}      # trial key -> epoch steps its run has
         self._found: set[str] = set()              # runs that existed before this mirror started
         self._terminated: set[str] = set()         # runs not RUNNING (ended, or found ended)
         self._queue: list[tuple[str, str, Any]] = []
@@ -255,8 +255,8 @@ class Mirror:
                     self._found.add(key)
                     if r.info.status != "RUNNING":
                         self._terminated.add(key)
-                    self.logged_epoch[key] = max(self.logged_epoch.get(key, 0),
-                                                 int(r.data.tags.get("basin.epochs_logged", 0)))
+                    done = int(r.data.tags.get("basin.epochs_logged", 0))  # every epoch 1..done is logged
+                    self.logged.setdefault(key, set()).update(range(1, done + 1))
             token = page.token
             if not token:
                 break
@@ -287,12 +287,22 @@ class Mirror:
                 self._terminated.discard(key)
             buf.status = None
         # Epochs this run already has (from an earlier attempt or run) are not logged again: a resumed
-        # attempt reports the epochs after its checkpoint a second time, with the same numbers.
-        floor = self.logged_epoch.get(key, 0)
-        buf.metrics = [m for m in buf.metrics if not (m[4] and m[3] <= floor)]
-        last = max((m[3] for m in buf.metrics if m[4]), default=floor)
-        if last > floor:
-            buf.tags["basin.epochs_logged"] = str(last)
+        # attempt reports the epochs after its checkpoint a second time, and a finished trial reports all
+        # its epochs once more, which fills in any whose report died with a worker.
+        logged = self.logged.setdefault(key, set())
+        fresh, seen = [], set()
+        for m in buf.metrics:  # (key, value, ts, step, is_epoch); an epoch may be queued twice before a flush
+            if m[4] and (m[3] in logged or (m[0], m[3]) in seen):
+                continue
+            seen.add((m[0], m[3]))
+            fresh.append(m)
+        buf.metrics = fresh
+        new_steps = {m[3] for m in buf.metrics if m[4]}
+        if new_steps:
+            done = 0
+            while done + 1 in logged | new_steps:
+                done += 1
+            buf.tags["basin.epochs_logged"] = str(done)
         params = [Param(k, v) for k, v in buf.params.items()]
         tags = [RunTag(k, v) for k, v in buf.tags.items()]
         while params or tags or buf.metrics:
@@ -304,7 +314,7 @@ class Mirror:
             params, tags, buf.metrics = params[len(p):], tags[len(t):], buf.metrics[len(chunk):]
             buf.params = {x.key: x.value for x in params}
             buf.tags = {x.key: x.value for x in tags}
-        self.logged_epoch[key] = last
+        logged |= new_steps
         if buf.status:
             client.set_terminated(run_id, status=buf.status)
             self._terminated.add(key)

@@ -102,6 +102,19 @@ _NOT_IN_KEY = {"data_dir", "download", "device", "checkpoint_every"}
 FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig)}
 
 
+# Fields a shape fixes: such trials share a key (and run once), and sweep trial names leave them out.
+CANONICAL: dict[str, dict[str, Any]] = {
+    "point": {"endpoints": 1, "layerwise": False},
+    "line": {"endpoints": 2},
+    "curve": {"endpoints": 2},
+}
+
+
+def irrelevant(cfg: TrialConfig) -> set[str]:
+    """Fields that mean nothing for this trial's shape."""
+    return set(CANONICAL.get(cfg.shape, {}))
+
+
 class ConfigError(ValueError):
     """A bad config value; the message is one line naming the field."""
 
@@ -129,10 +142,7 @@ def make_config(values: dict[str, Any], where: str = "") -> TrialConfig:
         raise ConfigError(f"{prefix}preset: expected one of {sorted(PRESETS)}, got {preset!r}")
     merged = {**PRESETS.get(preset, {}), **values}
     shape = merged.get("shape", TrialConfig.shape)
-    if shape in ("point", "line", "curve"):  # fields that mean nothing for a shape take one canonical value
-        merged["endpoints"] = 1 if shape == "point" else 2
-    if shape == "point":
-        merged["layerwise"] = False
+    merged.update(CANONICAL.get(shape, {}))  # fields that mean nothing for a shape take one value
     defaults = TrialConfig()
     for name, value in merged.items():
         default = getattr(defaults, name)
