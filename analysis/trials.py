@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from functools import cached_property
 from typing import Any
 
 import pandas as pd
@@ -103,11 +102,12 @@ def trials_of(trials: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     return trials.merge(rows[ID].drop_duplicates(), on=ID, how="inner")
 
 
-class View:
+class View(Results):
     """A Results restricted to some trials (e.g. one sweep): same attributes, filtered rows."""
 
-    def __init__(self, results: Results | View, trials: pd.DataFrame):
-        self.base, self.root = results, results.root
+    def __init__(self, results: Results, trials: pd.DataFrame):
+        super().__init__(results.root)
+        self.base = results
         self._trials = trials.reset_index(drop=True)
 
     @property
@@ -119,22 +119,6 @@ class View:
             return self.trials
         df = self.base.table(name, columns) if columns is not None else getattr(self.base, name)
         return df.merge(self._trials[ID], on=ID, how="inner")
-
-    @cached_property
-    def epochs(self) -> pd.DataFrame:
-        return self.table("epochs")
-
-    @cached_property
-    def evals(self) -> pd.DataFrame:
-        return self.table("evals")
-
-    @cached_property
-    def predictions(self) -> pd.DataFrame:
-        return self.table("predictions")
-
-    @cached_property
-    def weights(self) -> pd.DataFrame:
-        return self.table("weights")
 
 
 def select(results: Any, sweep: str | None = None, completed: bool = True, **axes: Any) -> View:

@@ -22,11 +22,13 @@ def sweep_of(tmp_path: Path, text: str):
 def test_quickstart_is_the_documented_study():
     sweep = load_sweep(ROOT / "sweeps" / "quickstart.yaml")
     trials = sweep.trials
-    assert len(trials) == 48
-    assert len({t.key for t in trials}) == 48 and len({t.name for t in trials}) == 48
-    kinds = Counter((t.config.shape, t.config.layerwise, t.config.endpoints if t.config.shape == "simplex" else 0)
-                    for t in trials)
-    assert kinds == {("point", False, 0): 12, ("line", False, 0): 12, ("line", True, 0): 12, ("simplex", False, 3): 12}
+    assert len(trials) == 60
+    assert len({t.key for t in trials}) == 60 and len({t.name for t in trials}) == 60
+    kinds = Counter((t.config.method, t.config.shape, t.config.layerwise, t.config.endpoints) for t in trials)
+    assert kinds == {("subspace", "point", False, 1): 12, ("subspace", "line", False, 2): 12,
+                     ("subspace", "line", True, 2): 12, ("subspace", "simplex", False, 3): 12,
+                     ("independent", "line", False, 2): 12}
+    assert all(t.config.epoch_predictions and t.config.weight_projection for t in trials)  # diversity plots
     assert {t.config.label_noise for t in trials} == {0.0, 0.2}
     assert {t.config.batchnorm for t in trials} == {True, False}
     assert {t.config.seed for t in trials} == {0, 1, 2}
