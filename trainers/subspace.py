@@ -132,5 +132,5 @@ class Subspace(nn.Module):
         if self.n_endpoints < 2:
             return self.W.new_zeros(())
         pair = torch.randperm(self.n_endpoints, generator=g, device=g.device)[:2]  # stays on device: no sync
-        a, b = self.W[pair, : self.n_reg]
+        a, b = self.W[:, : self.n_reg].index_select(0, pair)  # backward: index_add, not a sorting index_put
         return (a @ b) ** 2 / ((a @ a) * (b @ b))
