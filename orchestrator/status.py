@@ -119,9 +119,28 @@ def sweep_status(folder: str) -> dict[str, Any]:
 def add_status_args(p: Any) -> None:
     p.add_argument("results", nargs="?", default="results", help="a results folder (or one sweep's folder)")
     p.add_argument("--json", action="store_true", help="one JSON object per sweep")
+    p.add_argument("--job", help="a job id from `basin submit`: its state and latest progress line instead")
+    p.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:8265"),
+                   help="with --job: the Ray dashboard, through the SSH tunnel")
+
+
+def job_summary(job: str, address: str) -> int:
+    """A submitted sweep's job state, where it writes, and the last progress line its driver printed."""
+    from orchestrator.submit import job_client, job_status
+
+    client = job_client(address)
+    state = job_status(client, job)
+    meta = client.get_job_info(job).metadata or {}
+    print(f"job {job}: {state}  sweep {meta.get('basin_sweep', '?')}  results {meta.get('basin_results', '?')}")
+    progress = [line for line in client.get_job_logs(job).splitlines() if line.startswith("[")]
+    if progress:
+        print(progress[-1])
+    return 0
 
 
 def cmd_status(args: Any) -> int:
+    if args.job:
+        return job_summary(args.job, args.address)
     rows = [sweep_status(d) for d in sweep_dirs(args.results)]
     if args.json:
         for r in rows:

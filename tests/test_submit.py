@@ -156,6 +156,10 @@ def test_submit_runs_the_sweep_as_a_job_and_resubmitting_resumes(head, tmp_path)
 
     listed = basin("logs", job, "--address", head.address, "--no-follow", env=head.env, cwd=work)
     assert listed.returncode == 0 and "2/2 trials completed" in listed.stdout
+    status = basin("status", "--job", job, "--address", head.address, env=head.env, cwd=work)
+    assert status.returncode == 0, status.stderr
+    assert f"job {job}: SUCCEEDED" in status.stdout and "sweep submit-check" in status.stdout
+    assert "2/2 trials completed" in status.stdout  # the driver's last progress line
 
 
 def test_a_client_without_the_token_is_refused(head, tmp_path):
