@@ -134,8 +134,8 @@ def mark_best(df: pd.DataFrame, by: Sequence[str], metric_col: str = "metric") -
 
 def final_evals(results: Any, split: str = "test", points: str | Iterable[str] = "main",
                 clean_only: bool = False) -> pd.DataFrame:
-    """Evals of each completed trial's last epoch, merged with its config. points: 'main' (point for
-    standard training, center for a subspace), 'all', or a list of point names."""
+    """Evals of each completed trial's last epoch, merged with its config. points: 'main' (see
+    trials.main_point), 'all', or a list of point names."""
     results = as_results(results)
     trials = results.trials
     trials = trials[trials["status"] == "completed"] if "status" in trials else trials
@@ -148,7 +148,7 @@ def final_evals(results: Any, split: str = "test", points: str | Iterable[str] =
     if clean_only:
         ev = ev[(ev["corruption"].fillna(CLEAN) == CLEAN)]
     if isinstance(points, str) and points == "main":
-        ev = ev[ev["point"] == ev["shape"].map(main_point)]
+        ev = ev[ev["point"] == [main_point(s, m) for s, m in zip(ev["shape"], ev["method"], strict=True)]]
     elif not (isinstance(points, str) and points == "all"):
         ev = ev[ev["point"].isin(list(points))]
     ev = ev.assign(corruption=ev["corruption"].fillna(CLEAN), severity=ev["severity"].fillna(0).astype(int))

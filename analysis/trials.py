@@ -83,8 +83,11 @@ def with_groups(trials: pd.DataFrame, replicate: Iterable[str] = REPLICATE) -> p
     return t
 
 
-def main_point(shape: str) -> str:
-    """The point a trial is judged by: the trained model for standard training, else the subspace centre."""
+def main_point(shape: str, method: str = "subspace") -> str:
+    """The point a trial is judged by: the trained model for standard training, the ensemble of the
+    endpoints for separately trained nets (their midpoint is the barrier, not a model), else the centre."""
+    if method == "independent":
+        return "ensemble_endpoints"
     return "point" if shape == "point" else "center"
 
 

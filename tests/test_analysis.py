@@ -203,6 +203,15 @@ def test_robustness_table_cells(tmp_path: Path):
     assert list(t.views[0].cells.columns) == ["label_noise=0", "label_noise=0.2"]
 
 
+def test_separately_trained_pairs_are_judged_by_their_ensemble(tmp_path: Path):
+    # their centre is the barrier between two nets, not a model: the table uses the endpoint ensemble
+    for seed in (0, 1):
+        add_trial(tmp_path, shape="line", method="independent", seed=seed, evals=[
+            ev("center", accuracy=0.4), ev("ensemble_endpoints", kind="ensemble", accuracy=0.96 + 0.02 * seed)])
+    d = tables.robustness_table(tmp_path).data.set_index("metric")
+    assert d.loc["accuracy", "mean"] == pytest.approx(0.97)
+
+
 def test_robustness_with_corruptions(tmp_path: Path):
     for seed in (0, 1):
         add_trial(tmp_path, shape="point", seed=seed, evals=[
