@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import os
 
+from orchestrator.sweep import is_uri
+
 STORAGE_ENV = "BASIN_STORAGE"
-
-
-def is_uri(path: str) -> bool:
-    return "://" in path
 
 
 def is_shared(path: str) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import uuid
 from pathlib import Path
 from typing import Any, Protocol
@@ -120,6 +119,3 @@ def load_state(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint safely: tensors and plain containers only (weights_only=True)."""
     return torch.load(path, map_location="cpu", weights_only=True)
 
-
-def now() -> float:
-    return time.time()
