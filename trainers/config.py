@@ -7,6 +7,7 @@ explicit fields still win over it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -14,12 +15,21 @@ from typing import Any
 
 SHAPES = ("point", "line", "curve", "simplex")
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn")
-MODELS = ("mlp", "cnn", "cresnet20")
+MODELS = ("mlp", "cnn", "cresnet20", "wrn28_10")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "constant")
-# subspace: train the shape (one random point per batch); independent: train every endpoint as its own
-# standard model (line or simplex), so the shape's evaluation measures the barrier between them.
-METHODS = ("subspace", "independent")
+# How weights are parametrised, trained and evaluated: one module per method in trainers/methods/ (the
+# registry there is the one place that names them). The names are repeated here so validation needs no torch.
+METHODS = ("subspace", "independent", "swa", "mimo")
+# Fields that belong to one method: for any other method they keep their defaults, so a sweep that crosses
+# `method` with them folds duplicates (one subspace trial, not one per swa_lr) and trial names skip them.
+METHOD_FIELDS: dict[str, tuple[str, ...]] = {
+    "swa": ("swa_start", "swa_lr", "swa_cycle"),
+    "mimo": ("mimo_heads", "mimo_repeat_prob", "mimo_batch_repeats"),
+}
+# Fort et al.'s samplers around one solution (evaluation, any method): see trainers/samplers.py.
+SAMPLERS = ("random", "dropout", "gaussian", "pca")
+EARLY_STOP_METRICS = ("accuracy", "nll")
 
 # Paper recipes as data. Fields given explicitly in a config override these.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -38,7 +48,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 @dataclass
 class TrialConfig:
     # what is trained
-    method: str = "subspace"
+    method: str = "subspace"       # subspace | independent | swa | mimo (trainers/methods/)
     shape: str = "line"            # point | line | curve | simplex
     endpoints: int = 2             # simplex vertices m; set to 2 for a line/curve and 1 for a point
     layerwise: bool = False        # every layer draws its own coordinates
@@ -77,6 +87,25 @@ class TrialConfig:
     save_predictions: bool = True  # per-point test probabilities, for analysis
     epoch_predictions: bool = False  # test probabilities at the centre after every epoch (trajectories)
     weight_projection: int = 0     # if > 0, record a fixed random projection of the weights per epoch
+    early_stop: bool = False       # also evaluate the state of the best validation epoch, as point early_stop
+    early_stop_metric: str = "accuracy"  # accuracy (highest) | nll (lowest) on the validation split
+    # samples around the trained solution (Fort et al.), each a point with BN recomputed; comma-separated
+    # subset of random, dropout, gaussian, pca ("all" for every one); ensemble_samples of each
+    samplers: str = ""
+    sampler_radius: float = 0.1    # random: distance from the solution, as a fraction of its weight norm
+    sampler_dropout: float = 0.1   # dropout: fraction of weights zeroed (the rest scaled by 1 / (1 - p))
+    sampler_checkpoints: int = 10  # gaussian, pca: fitted on the solution's weights at the last N epochs
+    sampler_rank: int = 5          # pca: rank of the low-rank Gaussian (at most sampler_checkpoints - 1)
+    sampler_floor: float = 0.0     # keep only samples with validation accuracy >= this (0 = keep all)
+    # swa (Izmailov et al.): shape point; a high constant or a cyclic learning rate, weights averaged
+    swa_start: int = 0             # epochs of ordinary training before averaging (0 = the first 3/4)
+    swa_lr: float = 0.05           # the constant SWA learning rate, or the low end of each cycle
+    swa_cycle: int = 0             # 0 = constant LR, collect every epoch; c = cycles of c epochs from lr
+    #                                down to swa_lr, collect at each cycle's end
+    # mimo (Havasi et al.): shape point; M subnetworks in one network, M inputs stacked on channels
+    mimo_heads: int = 3            # M (paper: 3 on CIFAR-10)
+    mimo_repeat_prob: float = 0.0  # input repetition probability: share of a batch all heads see alike
+    mimo_batch_repeats: int = 4    # each example appears this many times per batch (paper: 4)
     # runtime
     device: str = "auto"           # auto | cpu | cuda | cuda:N
     amp: bool = False              # bf16 autocast on CUDA
@@ -111,8 +140,19 @@ CANONICAL: dict[str, dict[str, Any]] = {
 
 
 def irrelevant(cfg: TrialConfig) -> set[str]:
-    """Fields that mean nothing for this trial's shape."""
-    return set(CANONICAL.get(cfg.shape, {}))
+    """Fields that mean nothing for this trial's shape or method."""
+    return set(CANONICAL.get(cfg.shape, {})) | _foreign_fields(cfg.method)
+
+
+def _foreign_fields(method: str) -> set[str]:
+    return {f for m, names in METHOD_FIELDS.items() if m != method for f in names}
+
+
+def sampler_list(value: str) -> list[str]:
+    """The `samplers` field as a list ("all" = every sampler)."""
+    if value.strip() == "all":
+        return list(SAMPLERS)
+    return [s.strip() for s in value.split(",") if s.strip()]
 
 
 class ConfigError(ValueError):
@@ -144,6 +184,8 @@ def make_config(values: dict[str, Any], where: str = "") -> TrialConfig:
     shape = merged.get("shape", TrialConfig.shape)
     merged.update(CANONICAL.get(shape, {}))  # fields that mean nothing for a shape take one value
     defaults = TrialConfig()
+    for name in _foreign_fields(merged.get("method", TrialConfig.method)):  # ... nor do another method's
+        merged.pop(name, None)
     for name, value in merged.items():
         default = getattr(defaults, name)
         if not _type_ok(value, default):
@@ -185,3 +227,53 @@ def _check_values(c: TrialConfig, prefix: str) -> None:
     need(c.weight_projection >= 0, "weight_projection", "0 or more")
     need(c.device == "auto" or c.device == "cpu" or c.device.startswith("cuda"), "device",
          "auto, cpu, cuda or cuda:N")
+    has_val = c.val_fraction > 0 and c.eval_every > 0
+    need(c.early_stop_metric in EARLY_STOP_METRICS, "early_stop_metric", f"one of {', '.join(EARLY_STOP_METRICS)}")
+    need(not c.early_stop or has_val, "early_stop",
+         "false without a validation split (it needs val_fraction > 0 and eval_every > 0)")
+    unknown = [s for s in sampler_list(c.samplers) if s not in SAMPLERS]
+    need(not unknown, "samplers", f"a comma-separated subset of {', '.join(SAMPLERS)}, or all")
+    samplers = sampler_list(c.samplers)
+    need(c.sampler_radius > 0, "sampler_radius", "a positive fraction of the weight norm")
+    need(0.0 < c.sampler_dropout < 1.0, "sampler_dropout", "a rate in (0, 1)")
+    fitted = {"gaussian", "pca"} & set(samplers)
+    need(not fitted or 2 <= c.sampler_checkpoints <= c.epochs, "sampler_checkpoints",
+         f"between 2 and epochs ({c.epochs}) for the {' and '.join(sorted(fitted))} sampler")
+    need(c.sampler_rank >= 1, "sampler_rank", "at least 1")
+    need("pca" not in samplers or c.sampler_rank < c.sampler_checkpoints, "sampler_rank",
+         f"below sampler_checkpoints ({c.sampler_checkpoints}): the centred checkpoints span at most "
+         f"{c.sampler_checkpoints - 1} directions")
+    need(0.0 <= c.sampler_floor <= 1.0, "sampler_floor", "an accuracy in [0, 1]")
+    need(c.sampler_floor == 0 or not samplers or has_val, "sampler_floor",
+         "0 without a validation split (it needs val_fraction > 0 and eval_every > 0)")
+    need(c.ensemble_samples >= 1 or not samplers, "ensemble_samples", "at least 1 to draw samplers' samples")
+    if c.method in ("swa", "mimo"):
+        need(c.shape == "point", "shape", f"point for method {c.method} (it trains one network)")
+    if c.method == "swa":
+        need(0 <= c.swa_start < c.epochs, "swa_start", f"an epoch before the last ({c.epochs})")
+        need(c.warmup_epochs <= swa_start(c), "warmup_epochs", f"at most swa_start ({swa_start(c)}) for method swa")
+        need(c.swa_lr > 0, "swa_lr", "a positive learning rate")
+        need(c.swa_cycle >= 0, "swa_cycle", "0 (constant learning rate) or a cycle length in epochs")
+        need(c.swa_cycle <= c.epochs - swa_start(c), "swa_cycle",
+             f"at most the {c.epochs - swa_start(c)} epochs after swa_start, so at least one cycle ends")
+    if c.method == "mimo":
+        need(c.mimo_heads >= 2, "mimo_heads", "at least 2 subnetworks")
+        need(0.0 <= c.mimo_repeat_prob <= 1.0, "mimo_repeat_prob", "a probability in [0, 1]")
+        need(c.mimo_batch_repeats >= 1, "mimo_batch_repeats", "at least 1")
+        problem = _mimo_problem(c.model, c.dataset, c.width, c.mimo_heads)
+        need(not problem, "model", f"a model MIMO can wrap ({problem})")
+
+
+def swa_start(c: TrialConfig) -> int:
+    """Epochs of ordinary training before SWA averages (the field, or the first 3/4 of the epochs)."""
+    return c.swa_start or (3 * c.epochs) // 4
+
+
+@functools.lru_cache(maxsize=64)
+def _mimo_problem(model: str, dataset: str, width: int, heads: int) -> str:
+    """Why MIMO cannot wrap this model ("" when it can): its first layer must take the M stacked inputs
+    and its last give M heads. Built on torch's meta device (no memory, no weights); imports torch, which
+    only MIMO configs pay for."""
+    from trainers.models import mimo_problem
+
+    return mimo_problem(model, dataset, width, heads)

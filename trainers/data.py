@@ -96,6 +96,9 @@ def _tv(name: str):
 
 LOADERS = {"digits": _digits, **{n: _tv(n) for n in ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn")}}
 AUGMENT = {"cifar10": "crop_flip", "cifar100": "crop_flip", "svhn": "crop"}  # no flips for digits
+# (channels, height, width) and classes of each data set, known before loading it
+INPUT_SHAPES = {"digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10), "fashion_mnist": ((1, 28, 28), 10),
+                "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100), "svhn": ((3, 32, 32), 10)}
 
 
 def noisy_labels(y: torch.Tensor, rate: float, classes: int, seed: int) -> torch.Tensor:

@@ -79,9 +79,66 @@ def cresnet20(in_shape: tuple[int, ...], classes: int, width: int = 16, batchnor
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, classes))
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn, "cresnet20": cresnet20}
+class _WideBlock(nn.Module):
+    """Pre-activation wide basic block (Zagoruyko & Komodakis 2016): BN-ReLU-conv twice, dropout between."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, batchnorm: bool, dropout: float):
+        super().__init__()
+        self.bn1, self.bn2 = _norm(c_in, batchnorm), _norm(c_out, batchnorm)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=not batchnorm)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=not batchnorm)
+        self.drop = nn.Dropout(dropout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Conv2d(c_in, c_out, 1, stride, bias=not batchnorm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(x))
+        skip = self.shortcut(out) if not isinstance(self.shortcut, nn.Identity) else x
+        out = self.conv2(self.drop(torch.relu(self.bn2(self.conv1(out)))))
+        return out + skip
+
+
+def wrn28_10(in_shape: tuple[int, ...], classes: int, width: int = 16, batchnorm: bool = True,
+             dropout: float = 0.0) -> nn.Module:
+    """WRN-28-10: 3 stages of 4 pre-activation blocks at 10x (width, 2*width, 4*width) channels (160, 320,
+    640 at the default width 16); MIMO's CIFAR backbone (Havasi et al.), 36.5 M parameters."""
+    c = in_shape[0]
+    layers: list[nn.Module] = [nn.Conv2d(c, width, 3, 1, 1, bias=not batchnorm)]
+    c_in = width
+    for stage, c_out in enumerate((10 * width, 20 * width, 40 * width)):
+        for i in range(4):
+            layers.append(_WideBlock(c_in, c_out, 2 if (stage > 0 and i == 0) else 1, batchnorm, dropout))
+            c_in = c_out
+    return nn.Sequential(*layers, _norm(c_in, batchnorm), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(c_in, classes))
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn, "cresnet20": cresnet20, "wrn28_10": wrn28_10}
 
 
 def build(name: str, in_shape: tuple[int, ...], classes: int, width: int, batchnorm: bool,
           dropout: float) -> nn.Module:
     return MODELS[name](in_shape, classes, width=width, batchnorm=batchnorm, dropout=dropout)
+
+
+def mimo_problem(model: str, dataset: str, width: int, heads: int) -> str:
+    """Why MIMO cannot wrap `model` on `dataset` ("" when it can). MIMO builds the model for `heads` inputs
+    stacked on channels and `heads` x classes outputs; that works when the first parametrised layer takes
+    all the stacked channels and the last one gives every head. Checked on the meta device: no memory."""
+    from trainers.data import INPUT_SHAPES
+
+    (c, h, w), classes = INPUT_SHAPES[dataset]
+    with torch.device("meta"):
+        net = build(model, (heads * c, h, w), heads * classes, width, False, 0.0)
+    layers = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if not layers:
+        return f"{model} has no convolution or linear layer"
+    first, last = layers[0], layers[-1]
+    takes = first.in_channels if isinstance(first, nn.Conv2d) else first.in_features
+    wanted = heads * c if isinstance(first, nn.Conv2d) else heads * c * h * w
+    if takes != wanted:
+        return f"{model}'s first layer takes {takes} inputs, not the {wanted} of {heads} stacked inputs"
+    if not isinstance(last, nn.Linear) or last.out_features != heads * classes:
+        return f"{model}'s last layer does not give {heads} heads of {classes} classes"
+    return ""

@@ -21,6 +21,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("name", pa.string()), ("status", pa.string()), ("error", pa.string()),
         ("started_at", pa.float64()), ("finished_at", pa.float64()), ("seconds", pa.float64()),
         ("ran_on", pa.string()), ("n_params", pa.int64()), ("label_noise_actual", pa.float64()),
+        ("main_point", pa.string()), ("main_ensemble", pa.string()), ("best_epoch", pa.int32()),
         ("extra", pa.string()), ("config_json", pa.string()),
     ] + _config_columns()),
     # one row per epoch: training metrics and validation at the subspace centre
@@ -32,14 +33,15 @@ SCHEMAS: dict[str, pa.Schema] = {
     # one row per evaluated point (or ensemble) and split
     "evals": pa.schema(ID + [
         ("epoch", pa.int32()), ("split", pa.string()), ("point", pa.string()), ("kind", pa.string()),
-        ("alpha", pa.float64()), ("coords", _F32_LIST), ("members", pa.int32()),
+        ("alpha", pa.float64()), ("coords", _F32_LIST), ("members", pa.int32()), ("member_of", pa.string()),
         ("accuracy", pa.float64()), ("nll", pa.float64()), ("brier", pa.float64()), ("ece", pa.float64()),
         ("corruption", pa.string()), ("severity", pa.int32()),
     ]),
     # per evaluated point: test probabilities, flattened row-major (n_examples x n_classes), and labels
     "predictions": pa.schema(ID + [
         ("epoch", pa.int32()), ("split", pa.string()), ("point", pa.string()), ("kind", pa.string()),
-        ("n_classes", pa.int32()), ("probs", _F32_LIST), ("labels", pa.list_(pa.int32())),
+        ("member_of", pa.string()), ("n_classes", pa.int32()), ("probs", _F32_LIST),
+        ("labels", pa.list_(pa.int32())),
     ]),
     # a fixed random projection of the flattened weights (same projection for every trial of a model)
     "weights": pa.schema(ID + [

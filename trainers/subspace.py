@@ -117,9 +117,14 @@ class Subspace(nn.Module):
         return (c.to(self.W.dtype)[self.group].T * self.W).sum(0)
 
     def set_point(self, c: torch.Tensor) -> None:
-        """Point the model's parameters at the weights of c (they stay differentiable w.r.t. W).
-        One split, not a slice per tensor: its backward is a single concatenation."""
-        for (module, attr, _, _, shape), piece in zip(self._slots, self.weights(c).split(self._numels), strict=True):
+        """Point the model's parameters at the weights of c (they stay differentiable w.r.t. W)."""
+        self.set_flat(self.weights(c))
+
+    def set_flat(self, w: torch.Tensor) -> None:
+        """Point the model's parameters at views of a flat weight vector (any point in weight space: on the
+        subspace, an average of snapshots, a sample around a solution). One split, not a slice per tensor:
+        its backward is a single concatenation."""
+        for (module, attr, _, _, shape), piece in zip(self._slots, w.split(self._numels), strict=True):
             object.__setattr__(module, attr, piece.view(shape))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,27 @@
+"""`independent`: every endpoint of a line or simplex trained as its own standard model (no regulariser, no
+shared draws), in one trial. The endpoints are a deep ensemble, and the shape's evaluation (α grid, centre)
+measures the barrier between separately trained networks. The trial is judged by its endpoint ensemble:
+the centre of two independent networks is the barrier, not a model."""
+
+from __future__ import annotations
+
+import torch
+
+from trainers.methods.base import Step
+from trainers.methods.subspace import SubspaceMethod
+
+
+class Independent(SubspaceMethod):
+    main = "ensemble_endpoints"
+    ensemble = "ensemble_endpoints"
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> Step:
+        n = self.sub.n_endpoints
+        loss_sum = torch.zeros((), device=x.device)
+        correct = torch.zeros((), device=x.device)
+        for i in range(n):  # one backward per endpoint: only one endpoint's graph is alive at a time
+            loss, logits = self.loss_at(self.sub.endpoint(i), x, y)
+            loss.backward()
+            loss_sum += loss.detach() / n
+            correct += (logits.argmax(1) == y).sum() / n
+        return Step(loss_sum, loss_sum.new_zeros(()), correct, len(y))
