@@ -117,6 +117,7 @@ def run_trial(cfg: TrialConfig, sink: Sink | None = None,
             x = datasets.augment_batch(d.train_x[idx], d.augment, g)
             opt.zero_grad(set_to_none=True)
             s = method.train_step(x, d.train_y[idx], g)
+            lr = opt.param_groups[0]["lr"]  # the rate this step used (logged: the epoch's last)
             opt.step()
             sched.step()
             loss_sum += s.loss
@@ -124,7 +125,7 @@ def run_trial(cfg: TrialConfig, sink: Sink | None = None,
             correct += s.correct
             seen += s.seen
         method.end_epoch(epoch)
-        row: dict[str, Any] = dict(epoch=epoch, lr=opt.param_groups[0]["lr"], train_loss=float(loss_sum) / steps,
+        row: dict[str, Any] = dict(epoch=epoch, lr=lr, train_loss=float(loss_sum) / steps,
                                    train_acc=float(correct) / seen, reg=float(reg_sum) / steps,
                                    val_acc=None, val_nll=None)
         validate = bool(cfg.eval_every and epoch % cfg.eval_every == 0 and len(d.val_y))
