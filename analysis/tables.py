@@ -148,7 +148,9 @@ def final_evals(results: Any, split: str = "test", points: str | Iterable[str] =
     if clean_only:
         ev = ev[(ev["corruption"].fillna(CLEAN) == CLEAN)]
     if isinstance(points, str) and points == "main":
-        ev = ev[ev["point"] == [main_point(s, m) for s, m in zip(ev["shape"], ev["method"], strict=True)]]
+        recorded = ev["main_point"] if "main_point" in ev else pd.Series(None, index=ev.index)
+        rule = [main_point(s, m) for s, m in zip(ev["shape"], ev["method"], strict=True)]
+        ev = ev[ev["point"] == recorded.fillna(pd.Series(rule, index=ev.index))]
     elif not (isinstance(points, str) and points == "all"):
         ev = ev[ev["point"].isin(list(points))]
     ev = ev.assign(corruption=ev["corruption"].fillna(CLEAN), severity=ev["severity"].fillna(0).astype(int))
