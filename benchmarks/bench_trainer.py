@@ -4,6 +4,11 @@
    same model and batch, for `mlp` and `cresnet20`. Targets: line <= 1.10x, simplex m=6 <= 1.25x.
 2. Trial throughput (training samples/s of `run_trial`, point shape) against a minimal hand-written
    PyTorch loop on the same model and data (digits). Target >= 0.9x.
+3. MIMO: one training step (M = 3 heads, batch repetitions 4) against one standard step of the same
+   backbone on the same number of rows (target <= 1.2x), and against a standard step on the plain batch
+   (what an epoch costs more: the batch repetitions).
+4. SWA: a whole trial against standard training with the same recipe (target: adds <= 5%), split into the
+   training epochs and the final evaluation.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from trainers import data as datasets
+from trainers import methods
 from trainers.config import make_config
 from trainers.models import build
 from trainers.subspace import Subspace
@@ -118,6 +124,68 @@ def throughput(epochs: int, device: torch.device) -> None:
           f"(whole trial incl. data load + final eval: {trial_wall:.2f} s)")
 
 
+def mimo_steps(model: str, in_shape: tuple, dataset: str, batch: int, rounds: int, per_round: int,
+               device: torch.device) -> None:
+    """A MIMO step through the method (head shuffles, stacked inputs, M heads) against plain steps."""
+    cfg = make_config({"method": "mimo", "shape": "point", "model": model, "dataset": dataset, "width": 16,
+                       "mimo_heads": 3, "mimo_batch_repeats": 4})
+    rows = batch * cfg.mimo_batch_repeats
+    n = 2 * rows
+    d = datasets.Data(torch.randn(n, *in_shape), torch.randint(0, 10, (n,)), torch.randn(8, *in_shape),
+                      torch.randint(0, 10, (8,)), torch.randn(8, *in_shape), torch.randint(0, 10, (8,)), 10).to(device)
+    torch.manual_seed(0)
+    mimo = methods.build(cfg, d, device)
+    mopt = torch.optim.SGD(mimo.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    g = torch.Generator(device=device).manual_seed(0)
+    x, y = d.train_x[:batch], d.train_y[:batch]
+
+    def mimo_step():
+        mopt.zero_grad(set_to_none=True)
+        mimo.train_step(x, y, g)
+        mopt.step()
+
+    torch.manual_seed(0)
+    plain = build(model, in_shape, 10, 16, True, 0.0).to(device).train()
+    opt = torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+    def plain_step(x: torch.Tensor, y: torch.Tensor) -> None:
+        loss = F.cross_entropy(plain(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    xr, yr = d.train_x[:rows], d.train_y[:rows]
+    t = timed({"standard, same rows": lambda: plain_step(xr, yr), "standard, plain batch": lambda: plain_step(x, y),
+               "mimo": mimo_step}, rounds, per_round)
+    print(f"\nMIMO step ({model}, M = 3, batch {batch} x {cfg.mimo_batch_repeats} repetitions = {rows} rows): "
+          f"{t['mimo'] * 1e3:.2f} ms")
+    print(f"  vs a standard step on the same {rows} rows ({t['standard, same rows'] * 1e3:.2f} ms): "
+          f"{t['mimo'] / t['standard, same rows']:.2f}x (target <= 1.2x)")
+    print(f"  vs a standard step on the plain batch of {batch} ({t['standard, plain batch'] * 1e3:.2f} ms): "
+          f"{t['mimo'] / t['standard, plain batch']:.2f}x (the batch repetitions' cost per epoch)")
+
+
+def swa_overhead(epochs: int, repeats: int, device: torch.device) -> None:
+    """Whole trials, interleaved: SWA (constant LR, collecting the last quarter) against standard training."""
+    common = {"shape": "point", "epochs": epochs, "checkpoint_every": 0, "ensemble_samples": 5,
+              "device": str(device)}
+    cfgs = {"standard": make_config(common),
+            "swa": make_config({**common, "method": "swa", "swa_lr": 0.02})}
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in cfgs}
+    for _ in range(repeats):
+        for name, cfg in cfgs.items():
+            t = time.perf_counter()
+            tables = run_trial(cfg)
+            total = time.perf_counter() - t
+            times[name].append((total, sum(r["seconds"] for r in tables["epochs"])))
+    med = {k: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v)) for k, v in times.items()}
+    (s_total, s_train), (w_total, w_train) = med["standard"], med["swa"]
+    print(f"\nSWA trial (digits mlp, {epochs} epochs, median of {repeats}): {w_total:.2f} s vs standard "
+          f"{s_total:.2f} s -> {w_total / s_total:.3f}x (target <= 1.05x); training epochs {w_train:.2f} s vs "
+          f"{s_train:.2f} s ({w_train / s_train:.3f}x), the rest (data, final evaluation of the average and "
+          f"{cfgs['swa'].ensemble_samples} snapshots) {w_total - w_train:.2f} s vs {s_total - s_train:.2f} s")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rounds", type=int, default=7)
@@ -128,6 +196,9 @@ def main() -> None:
     step_times("mlp", (1, 8, 8), 64, args.rounds, 50, device)
     step_times("cresnet20", (3, 32, 32), 128, args.rounds, 1 if device.type == "cpu" else 20, device)
     throughput(10, device)
+    mimo_steps("mlp", (1, 8, 8), "digits", 64, args.rounds, 50, device)
+    mimo_steps("cresnet20", (3, 32, 32), "cifar10", 128, args.rounds, 1 if device.type == "cpu" else 20, device)
+    swa_overhead(40, 5, device)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,12 @@ from trainers.subspace import Subspace
 
 def head_indices(batch: int, heads: int, repeat_prob: float, repeats: int, g: torch.Generator) -> torch.Tensor:
     """(heads, batch * repeats) indices into a batch: which example each head sees at each position."""
-    main = torch.arange(batch, device=g.device).repeat(repeats)
-    main = main[torch.randperm(len(main), generator=g, device=g.device)]
-    shuffled = int(len(main) * (1.0 - repeat_prob))  # positions where every head draws its own example
-    rows = [torch.cat([main[:shuffled][torch.randperm(shuffled, generator=g, device=g.device)], main[shuffled:]])
-            for _ in range(heads)]
-    return torch.stack(rows)
+    rows = batch * repeats
+    main = torch.randperm(rows, generator=g, device=g.device) % batch  # every example `repeats` times
+    shuffled = int(rows * (1.0 - repeat_prob))  # positions where every head draws its own example
+    perms = torch.rand(heads, shuffled, generator=g, device=g.device).argsort(1)  # one permutation per head
+    own = main[:shuffled][perms]
+    return own if shuffled == rows else torch.cat([own, main[shuffled:].expand(heads, -1)], 1)
 
 
 class MIMO(Method):
@@ -41,12 +41,12 @@ class MIMO(Method):
 
     def stack(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Inputs (N, C, H, W) and head indices (M, R) -> the network's input (R, M*C, H, W)."""
-        return x[idx].transpose(0, 1).flatten(1, 2)
+        return x[idx.T].flatten(1, 2)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(N, M, classes): every head's logits for the same inputs."""
-        idx = torch.arange(len(x), device=x.device).expand(self.cfg.mimo_heads, -1)
-        return self.sub.model(self.stack(x, idx)).view(len(x), self.cfg.mimo_heads, -1)
+        m = self.cfg.mimo_heads
+        return self.sub.model(x.repeat(1, m, *([1] * (x.dim() - 2)))).view(len(x), m, -1)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> Step:
         c, m = self.cfg, self.cfg.mimo_heads
@@ -54,13 +54,11 @@ class MIMO(Method):
         self.sub.set_point(self.sub.center())
         with self.autocast():
             logits = self.sub.model(self.stack(x, idx))
-        logits = logits.float().view(idx.shape[1], m, -1)
-        targets = y[idx].T                                            # (R, M)
-        per_head = F.cross_entropy(logits.permute(0, 2, 1), targets, label_smoothing=c.label_smoothing,
-                                   reduction="none").mean(0)          # (M,)
-        per_head.sum().backward()
-        correct = (logits.argmax(-1) == targets).sum() / m
-        return Step(per_head.detach().mean(), per_head.new_zeros(()), correct, idx.shape[1])
+        logits = logits.float().view(idx.shape[1] * m, -1)     # (R*M, classes): row r*M + h is head h
+        targets = y[idx.T].reshape(-1)
+        loss = F.cross_entropy(logits, targets, label_smoothing=c.label_smoothing)  # mean over heads too
+        (loss * m).backward()  # the sum of the heads' losses
+        return Step(loss.detach(), loss.new_zeros(()), (logits.argmax(1) == targets).sum() / m, idx.shape[1])
 
     def val_point(self) -> Point:
         return Point("ensemble_members", "ensemble", self.sub.center())
