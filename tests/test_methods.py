@@ -270,3 +270,29 @@ def test_other_methods_fields_fold_so_sweeps_do_not_duplicate_trials():
     base = make_config({"shape": "line"})
     assert make_config({"shape": "line", "swa_lr": 0.3, "mimo_heads": 5}).key() == base.key()
     assert make_config({"method": "swa", "shape": "point", "swa_lr": 0.3}).swa_lr == 0.3
+
+
+def test_every_shipped_sweep_validates_and_the_paper_studies_hold_their_baselines():
+    from collections import Counter
+
+    from conftest import ROOT
+
+    from orchestrator.sweep import load_sweep
+
+    sweeps = {p.stem: load_sweep(p) for p in sorted((ROOT / "sweeps").glob("*.yaml"))}
+    assert {"subspaces-cifar10", "subspaces-digits", "deep-ensembles-cifar10", "deep-ensembles-digits",
+            "mimo-cifar10", "mimo-digits"} <= set(sweeps)
+    for name in ("subspaces-cifar10", "subspaces-digits"):
+        cfgs = [t.config for t in sweeps[name].trials]
+        simplexes = Counter((c.endpoints, c.layerwise) for c in cfgs if c.shape == "simplex")
+        assert {m for m, _ in simplexes} == {2, 3, 4, 5, 6} and {lw for _, lw in simplexes} == {False, True}
+        swa = {c.swa_cycle > 0 for c in cfgs if c.method == "swa"}
+        assert swa == {False, True}  # high constant LR and cyclic
+        assert len({c.dropout for c in cfgs}) >= 3 and len({c.label_smoothing for c in cfgs}) >= 3
+        assert {c.label_noise for c in cfgs} == {0.0, 0.2} and all(c.early_stop for c in cfgs)
+    mimo = [t.config for t in sweeps["mimo-cifar10"].trials]
+    assert {(c.method, c.model) for c in mimo} == {("mimo", "wrn28_10"), ("subspace", "wrn28_10"),
+                                                  ("independent", "wrn28_10")}
+    assert all(c.mimo_heads == 3 and c.mimo_batch_repeats == 4 for c in mimo if c.method == "mimo")
+    fort = [t.config for t in sweeps["deep-ensembles-cifar10"].trials]
+    assert len(fort) == 10 and all(c.samplers == "all" and c.epoch_predictions for c in fort)
