@@ -129,12 +129,19 @@ def load(name: str, data_dir: str = "~/.cache/basin/data", download: bool = Fals
     def norm(a: np.ndarray) -> torch.Tensor:
         return (torch.from_numpy(a).float() / 255 - mean) / std
 
-    clean = torch.from_numpy(ty[train])
-    noisy = noisy_labels(clean, label_noise, classes, noise_seed)
-    return Data(train_x=norm(tx[train]), train_y=noisy, val_x=norm(tx[val]), val_y=torch.from_numpy(ty[val]),
-                test_x=norm(sx), test_y=torch.from_numpy(sy), classes=classes,
-                augment=AUGMENT.get(name, "") if augment else "",
-                noise_actual=float((noisy != clean).float().mean()) if len(clean) else 0.0)
+    clean = Data(train_x=norm(tx[train]), train_y=torch.from_numpy(ty[train]), val_x=norm(tx[val]),
+                 val_y=torch.from_numpy(ty[val]), test_x=norm(sx), test_y=torch.from_numpy(sy), classes=classes,
+                 augment=AUGMENT.get(name, "") if augment else "")
+    return with_noise(clean, label_noise, noise_seed)
+
+
+def with_noise(clean: Data, rate: float, seed: int) -> Data:
+    """`clean` with symmetric noise on its train labels (drawn on the CPU, so the labels do not depend on
+    the device): trials that share the data but not the noise (packed trials) load the data once."""
+    y = clean.train_y.cpu()
+    noisy = noisy_labels(y, rate, clean.classes, seed)
+    return replace(clean, train_y=noisy.to(clean.train_y.device),
+                   noise_actual=float((noisy != y).float().mean()) if len(y) else 0.0)
 
 
 def augment_batch(x: torch.Tensor, mode: str, g: torch.Generator, pad: int = 4) -> torch.Tensor:

@@ -20,12 +20,12 @@ from trainers import data as datasets
 from trainers import methods
 from trainers.config import TrialConfig, sampler_list
 from trainers.evaluate import evaluate
-from trainers.methods.base import Method, lr_factor, recompute_bn
+from trainers.methods.base import Method, Step, lr_factor, recompute_bn
 from trainers.metrics import classification_metrics
 from trainers.results import Sink, trial_row
 from trainers.samplers import SAMPLED_BY_FIT, Trajectory
 
-__all__ = ["lr_factor", "make_optimizer", "pick_device", "projection", "recompute_bn", "run_trial"]
+__all__ = ["Run", "lr_factor", "make_optimizer", "pick_device", "projection", "recompute_bn", "run_trial"]
 
 PROJECTION_SEED = 20211  # one fixed projection for every trial, so weights stay comparable across trials
 
@@ -71,63 +71,79 @@ def better(metric: str, value: float, best: dict[str, Any] | None) -> bool:
 
 
 # -- the trial --------------------------------------------------------------------------------------------
-def run_trial(cfg: TrialConfig, sink: Sink | None = None,
-              resume: dict[str, Any] | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Train and evaluate one trial. `resume` is a state dict that an earlier run handed to its sink."""
-    started = time.time()
-    device = pick_device(cfg.device)
-    d = datasets.load(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.label_noise,
-                      cfg.noise_seed, cfg.augment).to(device)
-    torch.manual_seed(cfg.seed)  # model initialisation only; everything later draws from `g`
-    method = methods.build(cfg, d, device)
-    g = torch.Generator(device=device).manual_seed(cfg.seed)
-    opt = make_optimizer(cfg, method.parameters())
-    n = len(d.train_y)
-    batch = min(cfg.batch_size, n)
-    steps = n // batch  # drop the ragged last batch: BatchNorm needs more than one example
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: method.lr_factor(s, steps))
-    records: dict[str, list[dict[str, Any]]] = {"epochs": [], "evals": [], "predictions": [], "weights": []}
-    best: dict[str, Any] | None = None   # early stopping: the best validation epoch and its state
-    fitted = set(SAMPLED_BY_FIT) & set(sampler_list(cfg.samplers))
-    trajectory = Trajectory(cfg.sampler_checkpoints, method.sub.n_params, device) if fitted else None
-    first, elapsed = 1, 0.0
-    if resume is not None:
-        method.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        g.set_state(resume["rng"])
-        records = {k: list(v) for k, v in resume["records"].items()}
-        best = resume.get("best")
-        if trajectory is not None:
-            trajectory.load(resume["trajectory"])
-        first, elapsed = resume["epoch"] + 1, resume["elapsed"]
-    prior = elapsed
+class Run:
+    """One trial between its epochs: its data, method, generator, optimizer, schedule and the rows recorded
+    so far. `run_trial` drives one Run; `trainers.pack` drives several as one batched computation. A Run
+    built from `resume` (a state an earlier run handed to its sink) continues exactly where that one was."""
 
-    for epoch in range(first, cfg.epochs + 1):
-        t0 = time.time()
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout's global RNG: a function of (seed, epoch)
-        method.train()
-        loss_sum = torch.zeros((), device=device)
-        reg_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        seen = 0
-        perm = torch.randperm(n, generator=g, device=device)
-        for i in range(steps):
-            idx = perm[i * batch:(i + 1) * batch]
-            x = datasets.augment_batch(d.train_x[idx], d.augment, g)
-            opt.zero_grad(set_to_none=True)
-            s = method.train_step(x, d.train_y[idx], g)
-            lr = opt.param_groups[0]["lr"]  # the rate this step used (logged: the epoch's last)
-            opt.step()
-            sched.step()
-            loss_sum += s.loss
-            reg_sum += s.reg
-            correct += s.correct
-            seen += s.seen
+    def __init__(self, cfg: TrialConfig, sink: Sink | None = None, resume: dict[str, Any] | None = None,
+                 data: datasets.Data | None = None):
+        self.started = time.time()
+        self.cfg, self.sink = cfg, sink
+        self.device = pick_device(cfg.device)
+        self.data = d = data if data is not None else datasets.load(
+            cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.label_noise, cfg.noise_seed,
+            cfg.augment).to(self.device)
+        torch.manual_seed(cfg.seed)  # model initialisation only; everything later draws from `g`
+        self.method = methods.build(cfg, d, self.device)
+        self.g = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.opt = make_optimizer(cfg, self.method.parameters())
+        self.n = len(d.train_y)
+        self.batch_size = min(cfg.batch_size, self.n)
+        self.steps = self.n // self.batch_size  # drop the ragged last batch: BatchNorm needs more than one example
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: self.method.lr_factor(s, self.steps))
+        self.records: dict[str, list[dict[str, Any]]] = {"epochs": [], "evals": [], "predictions": [], "weights": []}
+        self.best: dict[str, Any] | None = None   # early stopping: the best validation epoch and its state
+        fitted = set(SAMPLED_BY_FIT) & set(sampler_list(cfg.samplers))
+        self.trajectory = Trajectory(cfg.sampler_checkpoints, self.method.sub.n_params, self.device) \
+            if fitted else None
+        self.first, self.elapsed = 1, 0.0
+        if resume is not None:
+            self.method.load_state_dict(resume["model"])
+            self.opt.load_state_dict(resume["optimizer"])
+            self.sched.load_state_dict(resume["scheduler"])
+            self.g.set_state(resume["rng"])
+            self.records = {k: list(v) for k, v in resume["records"].items()}
+            self.best = resume.get("best")
+            if self.trajectory is not None:
+                self.trajectory.load(resume["trajectory"])
+            self.first, self.elapsed = resume["epoch"] + 1, resume["elapsed"]
+        self.prior = self.elapsed
+
+    def epochs(self) -> range:
+        return range(self.first, self.cfg.epochs + 1)
+
+    def start_epoch(self, epoch: int) -> torch.Tensor:
+        """Reset the epoch's sums; returns this epoch's batch order."""
+        self.t0 = time.time()
+        torch.manual_seed(self.cfg.seed * 1_000_003 + epoch)  # dropout's global RNG: a function of (seed, epoch)
+        self.method.train()
+        zero = torch.zeros((), device=self.device)
+        self.sums = {"loss": zero.clone(), "reg": zero.clone(), "correct": zero.clone(), "seen": 0}
+        return torch.randperm(self.n, generator=self.g, device=self.device)
+
+    def batch(self, perm: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = perm[i * self.batch_size:(i + 1) * self.batch_size]
+        return datasets.augment_batch(self.data.train_x[idx], self.data.augment, self.g), self.data.train_y[idx]
+
+    def step(self, s: Step) -> None:
+        """After a step's backward: step the optimizer and the schedule, add up the step's numbers."""
+        self.lr = self.opt.param_groups[0]["lr"]  # the rate this step used (logged: the epoch's last)
+        self.opt.step()
+        self.sched.step()
+        self.sums["loss"] += s.loss
+        self.sums["reg"] += s.reg
+        self.sums["correct"] += s.correct
+        self.sums["seen"] += s.seen
+
+    def end_epoch(self, epoch: int) -> None:
+        """Everything after an epoch's steps: validation (and early stopping), trajectory predictions and
+        weights, the epoch row, the checkpoint, the sink."""
+        cfg, d, method = self.cfg, self.data, self.method
         method.end_epoch(epoch)
-        row: dict[str, Any] = dict(epoch=epoch, lr=lr, train_loss=float(loss_sum) / steps,
-                                   train_acc=float(correct) / seen, reg=float(reg_sum) / steps,
-                                   val_acc=None, val_nll=None)
+        row: dict[str, Any] = dict(epoch=epoch, lr=self.lr, train_loss=float(self.sums["loss"]) / self.steps,
+                                   train_acc=float(self.sums["correct"]) / self.sums["seen"],
+                                   reg=float(self.sums["reg"]) / self.steps, val_acc=None, val_nll=None)
         validate = bool(cfg.eval_every and epoch % cfg.eval_every == 0 and len(d.val_y))
         if validate or cfg.epoch_predictions:
             vp = method.val_point()
@@ -139,40 +155,61 @@ def run_trial(cfg: TrialConfig, sink: Sink | None = None,
                 m = classification_metrics(probs["val"], d.val_y, cfg.ece_bins)
                 row.update(val_acc=m["accuracy"], val_nll=m["nll"])
                 value = m[cfg.early_stop_metric]
-                if cfg.early_stop and better(cfg.early_stop_metric, value, best):
-                    best = dict(epoch=epoch, value=value,
-                                state={k: v.clone() for k, v in method.state_dict().items()})
+                if cfg.early_stop and better(cfg.early_stop_metric, value, self.best):
+                    self.best = dict(epoch=epoch, value=value,
+                                     state={k: v.clone() for k, v in method.state_dict().items()})
             if "test" in xs:
-                records["predictions"].append(dict(
+                self.records["predictions"].append(dict(
                     epoch=epoch, split="test", point=vp.name, kind=vp.kind, n_classes=d.classes,
                     probs=probs["test"].cpu(), labels=d.test_y.int().cpu()))
-        if trajectory is not None:
-            trajectory.add(method.flat(method.val_point()))
+        if self.trajectory is not None:
+            self.trajectory.add(method.flat(method.val_point()))
         if cfg.weight_projection:
-            records["weights"] += weight_rows(cfg, method, epoch)
-        seconds = time.time() - t0
-        elapsed += seconds
-        row.update(seconds=seconds, samples_per_s=steps * batch / seconds)
-        records["epochs"].append(row)
+            self.records["weights"] += weight_rows(cfg, method, epoch)
+        seconds = time.time() - self.t0
+        self.elapsed += seconds
+        row.update(seconds=seconds, samples_per_s=self.steps * self.batch_size / seconds)
+        self.records["epochs"].append(row)
         state = None
         if cfg.checkpoint_every and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
-            # copies: a sink may hold the state while training goes on
-            state = dict(epoch=epoch, model={k: v.clone() for k, v in method.state_dict().items()},
-                         optimizer=copy.deepcopy(opt.state_dict()), scheduler=sched.state_dict(),
-                         rng=g.get_state(), records={k: list(v) for k, v in records.items()}, elapsed=elapsed,
-                         best=best, trajectory=trajectory.state() if trajectory is not None else None)
-        if sink is not None:
-            sink.progress(row, state)
+            state = self.state(epoch)
+        if self.sink is not None:
+            self.sink.progress(row, state)
 
-    evals, preds = evaluate(cfg, method, d, g, cfg.epochs, best, trajectory)
-    records["evals"] += evals
-    records["predictions"] += preds
-    finished = time.time()
-    records["trials"] = [trial_row(cfg.to_dict(), name="", status="completed", error="", started_at=started,
-                                   finished_at=finished, seconds=prior + finished - started, ran_on=str(device),
-                                   n_params=method.sub.n_params, label_noise_actual=d.noise_actual,
-                                   main_point=method.main, main_ensemble=method.ensemble,
-                                   best_epoch=best["epoch"] if best else None)]
-    if sink is not None:
-        sink.finish(records)
-    return records
+    def state(self, epoch: int) -> dict[str, Any]:
+        """The whole trial state, as copies: a sink may hold it while training goes on."""
+        return dict(epoch=epoch, model={k: v.clone() for k, v in self.method.state_dict().items()},
+                    optimizer=copy.deepcopy(self.opt.state_dict()), scheduler=self.sched.state_dict(),
+                    rng=self.g.get_state(), records={k: list(v) for k, v in self.records.items()},
+                    elapsed=self.elapsed, best=self.best,
+                    trajectory=self.trajectory.state() if self.trajectory is not None else None)
+
+    def finish(self) -> dict[str, list[dict[str, Any]]]:
+        """The final evaluation and the trials row; the sink gets every row of the trial."""
+        cfg, method = self.cfg, self.method
+        evals, preds = evaluate(cfg, method, self.data, self.g, cfg.epochs, self.best, self.trajectory)
+        self.records["evals"] += evals
+        self.records["predictions"] += preds
+        finished = time.time()
+        self.records["trials"] = [trial_row(
+            cfg.to_dict(), name="", status="completed", error="", started_at=self.started, finished_at=finished,
+            seconds=self.prior + finished - self.started, ran_on=str(self.device), n_params=method.sub.n_params,
+            label_noise_actual=self.data.noise_actual, main_point=method.main, main_ensemble=method.ensemble,
+            best_epoch=self.best["epoch"] if self.best else None)]
+        if self.sink is not None:
+            self.sink.finish(self.records)
+        return self.records
+
+
+def run_trial(cfg: TrialConfig, sink: Sink | None = None,
+              resume: dict[str, Any] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Train and evaluate one trial. `resume` is a state dict that an earlier run handed to its sink."""
+    run = Run(cfg, sink, resume)
+    for epoch in run.epochs():
+        perm = run.start_epoch(epoch)
+        for i in range(run.steps):
+            x, y = run.batch(perm, i)
+            run.opt.zero_grad(set_to_none=True)
+            run.step(run.method.train_step(x, y, run.g))
+        run.end_epoch(epoch)
+    return run.finish()
