@@ -27,6 +27,10 @@ METHOD_FIELDS: dict[str, tuple[str, ...]] = {
     "swa": ("swa_start", "swa_lr", "swa_cycle"),
     "mimo": ("mimo_heads", "mimo_repeat_prob", "mimo_batch_repeats"),
 }
+# Packed trials (trainers/pack.py): trials that differ only in these fields can train as one batched pack,
+# when their method's step is "draw coefficients, cross-entropy there, + beta cos^2".
+PACK_FREE = ("seed", "noise_seed", "label_noise")
+PACKABLE_METHODS = ("subspace", "swa")
 # Fort et al.'s samplers around one solution (evaluation, any method): see trainers/samplers.py.
 SAMPLERS = ("random", "dropout", "gaussian", "pca")
 EARLY_STOP_METRICS = ("accuracy", "nll")

@@ -100,7 +100,7 @@ class Run:
         self.first, self.elapsed = 1, 0.0
         if resume is not None:
             self.method.load_state_dict(resume["model"])
-            self.opt.load_state_dict(resume["optimizer"])
+            self.opt.load_state_dict(copy.deepcopy(resume["optimizer"]))  # it would train the given tensors
             self.sched.load_state_dict(resume["scheduler"])
             self.g.set_state(resume["rng"])
             self.records = {k: list(v) for k, v in resume["records"].items()}

@@ -1,0 +1,141 @@
+"""Packed trials: K trials that share a model and data shapes, trained in one process as one batched
+computation, each still its own trial.
+
+Why: one small network (cResNet20 at batch 128, an MLP on digits) uses a few percent of a GPU, and on a CPU
+its step is dominated by per-operation overhead. K of them in one forward and one backward
+(`torch.func.functional_call` + `vmap` over the trials' weights, BatchNorm buffers and batches) fill the
+device and pay the overhead once.
+
+What stays per trial: its `Run` (trainers/train.py): data labels (label noise), generator (batch order,
+augmentation, subspace draws, regulariser pairs, in the same order as alone), parameters, optimizer and
+schedule, epoch rows, validation, checkpoints, sink, final evaluation. So a packed trial gives the numbers
+it would give alone, to float tolerance (the batched kernels sum in another order), writes the same rows,
+and its checkpoint resumes packed or alone. Dropout is the exception: its masks come from one global
+generator under vmap, so they differ from an unpacked run's (same distribution).
+
+Which trials pack: configs equal but for PACK_FREE fields, of a method in config.PACKABLE_METHODS (a step
+that draws coefficients, takes the cross-entropy there and adds beta cos^2: `subspace` of any shape, `swa`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, vmap
+
+from trainers import data as datasets
+from trainers.config import _NOT_IN_KEY, PACK_FREE, PACKABLE_METHODS, TrialConfig
+from trainers.methods.base import Step
+from trainers.results import Sink
+from trainers.train import Run, pick_device
+
+
+def pack_key(cfg: TrialConfig) -> str:
+    """Trials with equal pack keys can be trained as one pack."""
+    d = {k: v for k, v in cfg.to_dict().items() if k not in PACK_FREE and k not in _NOT_IN_KEY}
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def pack_problem(cfgs: list[TrialConfig]) -> str:
+    """Why these trials cannot be one pack ("" when they can)."""
+    methods = {c.method for c in cfgs}
+    if not methods <= set(PACKABLE_METHODS):
+        return f"method {sorted(methods - set(PACKABLE_METHODS))[0]} does not pack (packable: " \
+               f"{', '.join(PACKABLE_METHODS)})"
+    keys = {pack_key(c) for c in cfgs}
+    if len(keys) > 1:
+        return f"the trials differ in more than {', '.join(PACK_FREE)}"
+    return ""
+
+
+class Pack:
+    """The batched training step of K Runs whose methods share one model layout."""
+
+    def __init__(self, runs: list[Run]):
+        self.runs = runs
+        first = runs[0].method.sub
+        self.model = first.model  # the template: functional_call swaps in each trial's tensors
+        paths = {id(m): n for n, m in first.model.named_modules()}
+        self.names = [f"{paths[id(mod)]}.{attr}".lstrip(".") for mod, attr, *_ in first._slots]
+        self.shapes = [shape for *_, shape in first._slots]
+        self.numels = first._numels
+        # Each trial's BatchNorm buffers become views of one stacked tensor: the batched forward updates the
+        # stack, and each trial's own module (evaluation, checkpoints) sees the same numbers.
+        self.buffers: dict[str, torch.Tensor] = {}
+        for name, _ in first.model.named_buffers():
+            owner, _, attr = name.rpartition(".")
+            mods = [r.method.sub.model.get_submodule(owner) for r in runs]
+            stacked = torch.stack([m._buffers[attr] for m in mods])
+            for k, m in enumerate(mods):
+                m._buffers[attr] = stacked[k]
+            self.buffers[name] = stacked
+        c = runs[0].cfg
+        self.regularise = c.beta > 0 and first.n_endpoints > 1
+        self.label_smoothing = c.label_smoothing
+        self.amp = runs[0].method.amp
+
+    def forward(self, flat: torch.Tensor, buffers: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        params = {n: p.view(s) for n, p, s in zip(self.names, flat.split(self.numels), self.shapes, strict=True)}
+        return functional_call(self.model, (params, buffers), (x,))
+
+    def train_step(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> list[Step]:
+        subs = [r.method.sub for r in self.runs]
+        coeffs = torch.stack([s.draw(r.g) for s, r in zip(subs, self.runs, strict=True)])  # each its own draw
+        W = torch.stack([s.W for s in subs])                                                # (K, n, P)
+        if W.shape[1] == 1:
+            flat = W[:, 0]
+        elif coeffs.dim() == 2:
+            flat = torch.einsum("kn,knp->kp", coeffs.to(W.dtype), W)
+        else:  # layer-wise: each weight mixed with its layer's coefficients
+            flat = (coeffs.to(W.dtype)[:, subs[0].group].transpose(1, 2) * W).sum(1)
+        x, y = torch.stack(xs), torch.stack(ys)
+        with torch.autocast("cuda", torch.bfloat16, enabled=self.amp):
+            logits = vmap(self.forward, randomness="different")(flat, self.buffers, x)
+        logits = logits.float()
+        k, b = y.shape
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), label_smoothing=self.label_smoothing,
+                               reduction="none").view(k, b).mean(1)
+        reg = torch.stack([r.cfg.beta * s.cos2(r.g) for s, r in zip(subs, self.runs, strict=True)]) \
+            if self.regularise else torch.zeros_like(loss)
+        (loss + reg).sum().backward()  # each trial's parameters get exactly its own loss's gradient
+        correct = (logits.argmax(-1) == y).sum(1)
+        return [Step(loss[i].detach(), reg[i].detach(), correct[i], b) for i in range(k)]
+
+
+def shared_data(cfgs: list[TrialConfig]) -> list[datasets.Data]:
+    """The data set loaded once, on the device, with each trial's own label noise."""
+    c = cfgs[0]
+    clean = datasets.load(c.dataset, c.data_dir, c.download, c.val_fraction, 0.0, 0, c.augment)
+    clean = clean.to(pick_device(c.device))
+    return [datasets.with_noise(clean, cfg.label_noise, cfg.noise_seed) for cfg in cfgs]
+
+
+def run_pack(cfgs: list[TrialConfig], sinks: list[Sink | None] | None = None,
+             resumes: list[dict[str, Any] | None] | None = None) -> list[dict[str, list[dict[str, Any]]]]:
+    """Train and evaluate K trials as one pack; returns each trial's rows, as run_trial would. Trials
+    resumed from checkpoints must be at the same epoch (a pack checkpoints all its trials together)."""
+    problem = pack_problem(cfgs)
+    if problem:
+        raise ValueError(f"these trials cannot be packed: {problem}")
+    sinks = sinks or [None] * len(cfgs)
+    resumes = resumes or [None] * len(cfgs)
+    runs = [Run(c, s, r, data=d) for c, s, r, d in zip(cfgs, sinks, resumes, shared_data(cfgs), strict=True)]
+    if len({r.first for r in runs}) > 1:
+        raise ValueError("packed trials resume from different epochs: "
+                         + ", ".join(f"seed {r.cfg.seed} at epoch {r.first - 1}" for r in runs))
+    pack = Pack(runs)
+    for epoch in runs[0].epochs():
+        perms = [r.start_epoch(epoch) for r in runs]
+        for i in range(runs[0].steps):
+            xs, ys = zip(*(r.batch(p, i) for r, p in zip(runs, perms, strict=True)), strict=True)
+            for r in runs:
+                r.opt.zero_grad(set_to_none=True)
+            for r, s in zip(runs, pack.train_step(list(xs), list(ys)), strict=True):
+                r.step(s)
+        for r in runs:
+            r.end_epoch(epoch)
+    return [r.finish() for r in runs]
