@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
+from trainers import corruption_sets, methods
 from trainers import data as datasets
-from trainers import methods
 from trainers.config import TrialConfig, sampler_list
 from trainers.evaluate import evaluate
 from trainers.methods.base import Method, lr_factor, recompute_bn
@@ -78,6 +78,7 @@ def run_trial(cfg: TrialConfig, sink: Sink | None = None,
     device = pick_device(cfg.device)
     d = datasets.load(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.label_noise,
                       cfg.noise_seed, cfg.augment).to(device)
+    corrupted = corruption_sets.for_trial(cfg, d)  # checked now: a bad -C folder fails before training
     torch.manual_seed(cfg.seed)  # model initialisation only; everything later draws from `g`
     method = methods.build(cfg, d, device)
     g = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -163,7 +164,7 @@ def run_trial(cfg: TrialConfig, sink: Sink | None = None,
         if sink is not None:
             sink.progress(row, state)
 
-    evals, preds = evaluate(cfg, method, d, g, cfg.epochs, best, trajectory)
+    evals, preds = evaluate(cfg, method, d, g, cfg.epochs, best, trajectory, corrupted)
     records["evals"] += evals
     records["predictions"] += preds
     finished = time.time()
@@ -171,7 +172,8 @@ def run_trial(cfg: TrialConfig, sink: Sink | None = None,
                                    finished_at=finished, seconds=prior + finished - started, ran_on=str(device),
                                    n_params=method.sub.n_params, label_noise_actual=d.noise_actual,
                                    main_point=method.main, main_ensemble=method.ensemble,
-                                   best_epoch=best["epoch"] if best else None)]
+                                   best_epoch=best["epoch"] if best else None,
+                                   corruption_generator=corrupted.record if corrupted else "")]
     if sink is not None:
         sink.finish(records)
     return records
