@@ -28,6 +28,7 @@ from trainers.corruptions import corrupt, generator_for
 from trainers.data import Data, DataError, read_images, tiny_imagenet_wnids
 
 Key = tuple[str, int]   # (corruption, severity)
+KEEP_BYTES = 1 << 30    # uint8 sets kept between the points of a trial (the rest are made or read again)
 
 
 @dataclass(eq=False)
@@ -39,10 +40,14 @@ class CorruptedSets(Mapping):
     load: object                          # key -> (uint8 images (N, C, H, W) on the device, labels)
     record: str = ""                      # what trials store in `corruption_generator`
     _labels: dict[Key, torch.Tensor] = field(default_factory=dict)
+    _kept: dict[Key, torch.Tensor] = field(default_factory=dict)  # uint8 sets kept for the next point
 
     def __getitem__(self, key: Key) -> torch.Tensor:
-        images, labels = self.load(key)
-        self._labels[key] = labels
+        images = self._kept.get(key)
+        if images is None:
+            images, self._labels[key] = self.load(key)
+            if sum(x.numel() for x in self._kept.values()) + images.numel() <= KEEP_BYTES:
+                self._kept[key] = images
         return self.data.normalise(images)
 
     def labels(self, key: Key) -> torch.Tensor:
@@ -107,7 +112,7 @@ class _Reader:
 
     def to_device(self, images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         dev = self.data.test_x.device
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+        x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).contiguous()  # a copy: files are mapped
         return x.to(dev), torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(dev)
 
     def sets(self, names: list[str], severities: list[int]) -> CorruptedSets:
