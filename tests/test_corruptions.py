@@ -54,19 +54,19 @@ def test_generated_corruptions_keep_shape_dtype_range_and_grow_with_severity(sid
     x = images(side, channels, n=16 if side < 64 else 8)
     for name in CORRUPTIONS:
         d = []
-        for s in (1, 2, 3, 4, 5):
-            y = corrupt(x, name, s, generator_for(0, name, s))
+        for s in (1, 2, 3, 4, 5):  # the same draws at every severity: only the parameters differ
+            y = corrupt(x, name, s, torch.Generator().manual_seed(0))
             assert y.shape == x.shape and y.dtype == torch.uint8, (name, s)
             assert (y != x).any(), (name, s, "left the images unchanged")
             d.append(distance(x, y))
             if s == 3:  # a float batch in [0, 1] gives the same images, as floats in [0, 1]
-                f = corrupt(x.float() / 255, name, s, generator_for(0, name, s))
+                f = corrupt(x.float() / 255, name, s, torch.Generator().manual_seed(0))
                 assert f.dtype == torch.float32 and float(f.min()) >= 0 and float(f.max()) <= 1
                 assert torch.allclose(f * 255, y.float(), atol=1e-3), name
         if (side, name) in NOT_ORDERED:
             continue
-        assert d[4] > d[0] + 0.01, (side, name, d)
-        assert all(b >= a - 0.02 for a, b in zip(d, d[1:], strict=False)), (side, name, d)
+        assert d[4] > 1.2 * d[0], (side, name, d)
+        assert all(b >= 0.95 * a for a, b in zip(d, d[1:], strict=False)), (side, name, d)  # rises, within 5%
 
 
 def test_same_seed_gives_the_same_images_on_cpu():
