@@ -107,7 +107,8 @@ def main() -> None:
             total_gpu += gpu
             line = f"{name:18s} {cpu:11.2f} {gpu:11.3f} {cpu / gpu:9.0f}x   " + (f"{base_s} {ratio}" if ratio else "")
         print(line)
-    print(f"{'all 15':18s} {total_cpu:11.2f}" + (f"   GPU {total_gpu:.3f} s ({total_cpu / total_gpu:.0f}x)" if cuda else ""))
+    gpu_note = f"   GPU {total_gpu:.3f} s ({total_cpu / total_gpu:.0f}x)" if cuda else ""
+    print(f"{'all 15':18s} {total_cpu:11.2f}{gpu_note}")
 
 
 if __name__ == "__main__":
