@@ -277,10 +277,11 @@ def test_trials_write_corruption_rows_and_the_report_shows_them(tmp_path):
     (rep,) = build_report(str(root), out)
     table = rep.get("corruptions", "table")
     md = (out / "tiny" / "tables" / "corruptions.md").read_text()
-    assert "snow-1" in md and "contrast-3" in md and "shape=line · ensemble_endpoints" in md
+    assert "snow-1" in md and "contrast-3" in md and "shape=line, endpoints=2 · ensemble_endpoints" in md
     data = pd.read_csv(out / "tiny" / "tables" / "corruptions.csv")
-    cell = data[(data["series"] == "shape=point · point") & (data["corruption"] == "snow") & (data["severity"] == 3)]
+    point = data["series"] == "shape=point, endpoints=1 · point"
+    cell = data[point & (data["corruption"] == "snow") & (data["severity"] == 3)]
     snow3 = ev[(ev["point"] == "point") & (ev["corruption"] == "snow") & (ev["severity"] == 3)]["accuracy"]
     assert cell["accuracy_mean"].item() == pytest.approx(snow3.mean()) and cell["seeds"].item() == 2
-    assert table.views[0].cells.shape[0] == 3  # point, line centre, line ensemble
+    assert table.table.views[0].cells.shape[0] == 3  # point, line centre, line ensemble
     assert (out / "tiny" / "figures" / "corruption_severity.png").stat().st_size > 10_000
