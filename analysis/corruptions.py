@@ -164,13 +164,10 @@ def severity_figure(curves: pd.DataFrame, cap: str, metric: str = "accuracy") ->
 
 
 def report_section(builder: Any) -> None:
-    """The report's "Corruption robustness" items (analysis/report.py calls this with its builder)."""
-    title = "Corruption robustness"
+    """The report's "Corruption robustness" items (analysis/report.py calls this with its builder); absent
+    when the sweep evaluated no corruptions (config `corruptions`)."""
     ev = corruption_evals(builder.view)
     if ev.empty or not (ev["corruption"] != CLEAN).any():
-        why = "no corrupted evaluations (set corruptions: all, or a list, in the sweep)"
-        builder.skip("table", "corruptions", title, why)
-        builder.skip("figure", "corruption_severity", title, why)
         return
     t = corruption_table(ev=ev)
     builder.table(t)
