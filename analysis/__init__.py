@@ -24,6 +24,7 @@ _LAZY = {
     "tsne_trajectories": "analysis.diversity", "accuracy_vs_diversity": "analysis.diversity",
     "reliability_curves": "analysis.calibration", "load_probs": "analysis.predictions",
     "select": "analysis.trials", "build_report": "analysis.report",
+    "corruption_table": "analysis.corruptions", "robustness_curves": "analysis.corruptions",
 }
 
 __all__ = ["Results", "load", *_LAZY]

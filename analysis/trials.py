@@ -18,7 +18,7 @@ from trainers.config import FIELDS
 
 REPLICATE = ("seed",)
 # Fields that do not change the numbers (not in the trial key) never separate groups.
-NOT_AXES = {"data_dir", "download", "device", "checkpoint_every"}
+NOT_AXES = {"data_dir", "download", "device", "checkpoint_every", "corruption_dir"}
 # Order in which varying axes are listed (then any other field, alphabetically).
 AXIS_ORDER = ("method", "shape", "endpoints", "layerwise", "batchnorm", "label_noise", "model", "dataset")
 

@@ -330,3 +330,16 @@ def test_fort_independent_seeds_beat_one_model_and_are_more_diverse_than_samples
         around = sum(disagreement(solo[i], p) for i, p in samples) / len(samples)
         acc = sum(accuracy(p) for _, p in samples) / len(samples)
         assert around < seeds or acc < worst_seed, (kind, around, seeds, acc, worst_seed)
+
+
+def test_a_field_at_its_default_leaves_trial_keys_unchanged():
+    """Keys hash only values that differ from the defaults: results of an earlier version, before a field
+    existed, keep their keys (and are not re-run) as long as the field stays at its default."""
+    import hashlib
+    import json
+
+    cfg = make_config({"shape": "simplex", "endpoints": 4, "seed": 3, "data_dir": "/elsewhere"})
+    legacy = {"shape": "simplex", "endpoints": 4, "seed": 3}  # what an older version would hash: no new fields
+    assert cfg.key() == hashlib.sha1(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:16]
+    assert make_config({"shape": "simplex", "endpoints": 4, "seed": 3, "swa_lr": 0.3}).key() == cfg.key()
+    assert make_config({"shape": "simplex", "endpoints": 4, "seed": 3, "samplers": "pca"}).key() != cfg.key()

@@ -132,3 +132,21 @@ def test_device_augmentation_draws_the_reference_crops_and_flips():
     assert 0.5 * np.abs(ho - uniform).sum() < 0.12 and 0.5 * np.abs(hr - uniform).sum() < 0.12
     assert 0.5 * np.abs(ho - hr).sum() < 0.15
     assert abs(ho[..., 1].sum() - 0.5) < 0.03 and abs(hr[..., 1].sum() - 0.5) < 0.03
+
+
+def test_channels_last_gives_the_numbers_of_the_standard_layout():
+    base = {**FAST, "shape": "line", "model": "cnn", "augment": True}
+    plain, nhwc = run_trial(make_config(base)), run_trial(make_config({**base, "channels_last": True}))
+    assert [e["train_loss"] for e in nhwc["epochs"]] == pytest.approx([e["train_loss"] for e in plain["epochs"]],
+                                                                      abs=1e-4)
+    assert [e["nll"] for e in nhwc["evals"]] == pytest.approx([e["nll"] for e in plain["evals"]], abs=1e-4)
+
+
+@pytest.mark.slow  # compiling takes a minute or more on two CPU cores
+def test_compiled_model_gives_the_same_numbers_and_reports_its_compile_time():
+    base = {**FAST, "shape": "line", "epochs": 2}
+    eager, compiled = run_trial(make_config(base)), run_trial(make_config({**base, "compile": True}))
+    assert compiled["trials"][0]["compile_seconds"] > 0 and eager["trials"][0]["compile_seconds"] is None
+    assert [e["train_loss"] for e in compiled["epochs"]] == pytest.approx(
+        [e["train_loss"] for e in eager["epochs"]], abs=1e-4)
+    assert [e["nll"] for e in compiled["evals"]] == pytest.approx([e["nll"] for e in eager["evals"]], abs=1e-4)

@@ -13,8 +13,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainers import corruption_params
+
 SHAPES = ("point", "line", "curve", "simplex")
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn")
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "tiny_imagenet", "synthetic_cifar10")
 MODELS = ("mlp", "cnn", "cresnet20", "wrn28_10")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "constant")
@@ -110,9 +112,19 @@ class TrialConfig:
     mimo_heads: int = 3            # M (paper: 3 on CIFAR-10)
     mimo_repeat_prob: float = 0.0  # input repetition probability: share of a batch all heads see alike
     mimo_batch_repeats: int = 4    # each example appears this many times per batch (paper: 4)
+    # corruptions (evaluation data, any method; docs/corruptions.md): the final evaluation also scores the main
+    # point and the main ensemble's members on corrupted test sets, one evals row per corruption x severity
+    corruptions: str = ""          # "" = none, "all", or comma-separated names (gaussian_noise, snow, ...)
+    corruption_severities: str = "1,2,3,4,5"  # comma-separated, 1-5 (published MNIST-C has one level: 0)
+    corruption_source: str = "generated"  # generated (in torch, any data set) | published (the -C files)
+    corruption_dir: str = ""       # published: folder holding CIFAR-10-C/, CIFAR-100-C/, Tiny-ImageNet-C/,
+    #                                mnist_c/ as unpacked ("" = data_dir)
+    corruption_seed: int = 0       # generated: one seed for every trial, so all see the same images
     # runtime
     device: str = "auto"           # auto | cpu | cuda | cuda:N
-    amp: bool = False              # bf16 autocast on CUDA
+    amp: bool = False              # bf16 autocast on CUDA; the training images then stay on the GPU in bf16
+    channels_last: bool = False    # NHWC inputs and conv weights (tensor-core convolutions; not inside a pack)
+    compile: bool = False          # torch.compile the model before training (its time: trials.compile_seconds)
     checkpoint_every: int = 1      # epochs between checkpoints handed to the sink (0 = never)
     preset: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # free-form tags carried into the results
@@ -126,13 +138,17 @@ class TrialConfig:
         return dataclasses.asdict(self)
 
     def key(self) -> str:
-        """Stable hash of what determines the numbers (not where data lives or which device runs it)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_KEY}
+        """Stable hash of what determines the numbers (not where data lives or which device runs it). Only
+        values that differ from their defaults are hashed, so a field added later (with a default that keeps
+        the old behaviour) leaves every earlier trial's key, and so its results, as they were. The price:
+        a default must never change its meaning; add a field instead."""
+        d = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_KEY and v != _DEFAULTS[k]}
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-_NOT_IN_KEY = {"data_dir", "download", "device", "checkpoint_every"}
+_NOT_IN_KEY = {"data_dir", "download", "device", "checkpoint_every", "corruption_dir"}
 FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig)}
+_DEFAULTS = TrialConfig().to_dict()
 
 
 # Fields a shape fixes: such trials share a key (and run once), and sweep trial names leave them out.
@@ -157,6 +173,18 @@ def sampler_list(value: str) -> list[str]:
     if value.strip() == "all":
         return list(SAMPLERS)
     return [s.strip() for s in value.split(",") if s.strip()]
+
+
+def corruption_list(c: TrialConfig) -> list[str]:
+    """The `corruptions` field as a list ("all" = the source's standard set for the data set)."""
+    if c.corruptions.strip() == "all":
+        return list(corruption_params.known(c.corruption_source, c.dataset)[0])
+    return [s.strip() for s in c.corruptions.split(",") if s.strip()]
+
+
+def severity_list(c: TrialConfig) -> list[int]:
+    """The `corruption_severities` field as a list of ints (unparseable entries become -1, refused by checks)."""
+    return [int(s) if s.strip().isdigit() else -1 for s in c.corruption_severities.split(",") if s.strip()]
 
 
 class ConfigError(ValueError):
@@ -251,6 +279,16 @@ def _check_values(c: TrialConfig, prefix: str) -> None:
     need(c.sampler_floor == 0 or not samplers or has_val, "sampler_floor",
          "0 without a validation split (it needs val_fraction > 0 and eval_every > 0)")
     need(c.ensemble_samples >= 1 or not samplers, "ensemble_samples", "at least 1 to draw samplers' samples")
+    # corruptions
+    need(c.corruption_source in ("generated", "published"), "corruption_source", "generated or published")
+    need(c.corruption_source == "generated" or c.dataset in corruption_params.PUBLISHED, "corruption_source",
+         f"generated for dataset {c.dataset} (published -C sets: "
+         + ", ".join(f"{v} for {k}" for k, v in corruption_params.PUBLISHED.items()) + ")")
+    allowed = corruption_params.known(c.corruption_source, c.dataset)[1]
+    need(all(n in allowed for n in corruption_list(c)), "corruptions",
+         f"all or a comma-separated subset of {', '.join(allowed)}")
+    need(bool(severity_list(c)) and all(1 <= s <= 5 for s in severity_list(c)), "corruption_severities",
+         "comma-separated severities from 1 to 5, e.g. '1,2,3,4,5'")
     if c.method in ("swa", "mimo"):
         need(c.shape == "point", "shape", f"point for method {c.method} (it trains one network)")
     if c.method == "swa":

@@ -1,7 +1,8 @@
 """Data sets as tensors held on the training device (airbench style: no DataLoader, augmentation on device).
 
 `digits` (scikit-learn, ships with the package) is the offline default; the torchvision sets read their own
-on-disk formats from `data_dir` and download only when asked.
+on-disk formats from `data_dir` and download only when asked; `tiny_imagenet` reads the official
+tiny-imagenet-200/ folder.
 """
 
 from __future__ import annotations
@@ -31,14 +32,24 @@ class Data:
     classes: int
     augment: str = ""               # "", "crop" or "crop_flip"
     noise_actual: float = 0.0       # fraction of train labels that label noise changed
+    mean: torch.Tensor | None = None  # (1, C, 1, 1) train statistics the images were normalised with
+    std: torch.Tensor | None = None
 
     @property
     def in_shape(self) -> tuple[int, ...]:
         return tuple(self.train_x.shape[1:])
 
     def to(self, device: torch.device) -> Data:
-        return replace(self, **{k: getattr(self, k).to(device) for k in
-                                ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")})
+        names = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y", "mean", "std")
+        return replace(self, **{k: getattr(self, k).to(device) for k in names if getattr(self, k) is not None})
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (N, C, H, W) as the model sees them (with the train statistics)."""
+        return (images.float() / 255 - self.mean) / self.std
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised inputs back to the uint8 images they came from (exact: they were uint8)."""
+        return torch.round((x * self.std + self.mean) * 255).clamp(0, 255).to(torch.uint8)
 
 
 def _digits(root: str, download: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -88,17 +99,86 @@ def _torchvision_split(name: str, root: str, train: bool, download: bool) -> tup
     return np.ascontiguousarray(x, dtype=np.uint8), y.astype(np.int64)
 
 
+def tiny_imagenet_wnids(root: str) -> list[str]:
+    """Tiny ImageNet's class ids in class-index order (sorted, as torchvision's ImageFolder orders them)."""
+    path = os.path.join(root, "tiny-imagenet-200", "wnids.txt")
+    if not os.path.isfile(path):
+        raise DataError(f"dataset tiny_imagenet: {path} not found (expected the tiny-imagenet-200/ folder of "
+                        f"the official zip under data_dir)")
+    with open(path) as f:
+        return sorted(line.strip() for line in f if line.strip())
+
+
+def read_images(paths: list[str], side: int) -> np.ndarray:
+    """(N, 3, side, side) uint8 from image files (grey ones converted to RGB); the size is checked."""
+    from PIL import Image
+
+    out = np.empty((len(paths), 3, side, side), dtype=np.uint8)
+    for i, p in enumerate(paths):
+        with Image.open(p) as im:
+            a = np.asarray(im.convert("RGB"))
+        if a.shape != (side, side, 3):
+            raise DataError(f"{p}: expected a {side}x{side} image, got {a.shape[1]}x{a.shape[0]}")
+        out[i] = a.transpose(2, 0, 1)
+    return out
+
+
+def _tiny_imagenet(root: str, download: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The tiny-imagenet-200/ layout: train/<wnid>/images/*.JPEG, val/images/*.JPEG labelled by
+    val/val_annotations.txt (file, wnid, box); 64 x 64, 200 classes. Its val split is the test set (the
+    official test split has no labels; Tiny-ImageNet-C corrupts the val images)."""
+    if download:
+        raise DataError("dataset tiny_imagenet: no download (unpack the official zip into data_dir)")
+    wnids = tiny_imagenet_wnids(root)
+    index = {w: i for i, w in enumerate(wnids)}
+    base = os.path.join(root, "tiny-imagenet-200")
+    paths, labels = [], []
+    for w in wnids:
+        folder = os.path.join(base, "train", w, "images")
+        files = sorted(f for f in os.listdir(folder) if f.lower().endswith((".jpeg", ".jpg"))) \
+            if os.path.isdir(folder) else []
+        if not files:
+            raise DataError(f"dataset tiny_imagenet: {folder}: expected the class's training images (*.JPEG)")
+        paths += [os.path.join(folder, f) for f in files]
+        labels += [index[w]] * len(files)
+    notes = os.path.join(base, "val", "val_annotations.txt")
+    if not os.path.isfile(notes):
+        raise DataError(f"dataset tiny_imagenet: {notes} not found (expected the val labels)")
+    val_paths, val_labels = [], []
+    with open(notes) as f:
+        for line in f:
+            parts = line.split("\t")
+            if len(parts) >= 2 and parts[1] in index:
+                val_paths.append(os.path.join(base, "val", "images", parts[0]))
+                val_labels.append(index[parts[1]])
+    return (read_images(paths, 64), np.array(labels, dtype=np.int64), read_images(val_paths, 64),
+            np.array(val_labels, dtype=np.int64))
+
+
+def _synthetic_cifar10(root: str, download: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Random CIFAR-10-shaped images and labels (50,000 train, 10,000 test, 3 x 32 x 32, 10 classes), the
+    same every time: for throughput benchmarks and GPU checks where the real files are not at hand. Nothing
+    in it can be learned beyond chance."""
+    rng = np.random.default_rng(SPLIT_SEED)
+    x = rng.integers(0, 256, (60_000, 3, 32, 32), dtype=np.uint8)
+    y = rng.integers(0, 10, 60_000)
+    return x[:50_000], y[:50_000], x[50_000:], y[50_000:]
+
+
 def _tv(name: str):
     def load(root: str, download: bool):
         return (*_torchvision_split(name, root, True, download), *_torchvision_split(name, root, False, download))
     return load
 
 
-LOADERS = {"digits": _digits, **{n: _tv(n) for n in ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn")}}
-AUGMENT = {"cifar10": "crop_flip", "cifar100": "crop_flip", "svhn": "crop"}  # no flips for digits
+LOADERS = {"digits": _digits, **{n: _tv(n) for n in ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn")},
+           "tiny_imagenet": _tiny_imagenet, "synthetic_cifar10": _synthetic_cifar10}
+AUGMENT = {"cifar10": "crop_flip", "cifar100": "crop_flip", "svhn": "crop",  # no flips for digits
+           "tiny_imagenet": "crop_flip", "synthetic_cifar10": "crop_flip"}
 # (channels, height, width) and classes of each data set, known before loading it
 INPUT_SHAPES = {"digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10), "fashion_mnist": ((1, 28, 28), 10),
-                "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100), "svhn": ((3, 32, 32), 10)}
+                "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100), "svhn": ((3, 32, 32), 10),
+                "tiny_imagenet": ((3, 64, 64), 200), "synthetic_cifar10": ((3, 32, 32), 10)}
 
 
 def noisy_labels(y: torch.Tensor, rate: float, classes: int, seed: int) -> torch.Tensor:
@@ -131,7 +211,7 @@ def load(name: str, data_dir: str = "~/.cache/basin/data", download: bool = Fals
 
     clean = Data(train_x=norm(tx[train]), train_y=torch.from_numpy(ty[train]), val_x=norm(tx[val]),
                  val_y=torch.from_numpy(ty[val]), test_x=norm(sx), test_y=torch.from_numpy(sy), classes=classes,
-                 augment=AUGMENT.get(name, "") if augment else "")
+                 augment=AUGMENT.get(name, "") if augment else "", mean=mean, std=std)
     return with_noise(clean, label_noise, noise_seed)
 
 

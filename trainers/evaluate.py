@@ -11,6 +11,7 @@ import torch
 
 from trainers import samplers
 from trainers.config import TrialConfig, sampler_list
+from trainers.corruption_sets import CorruptedSets
 from trainers.data import Data
 from trainers.methods.base import Method, Point
 from trainers.metrics import classification_metrics
@@ -24,9 +25,11 @@ def splits(d: Data) -> dict[str, torch.Tensor]:
 
 def evaluate(cfg: TrialConfig, method: Method, d: Data, g: torch.Generator, epoch: int,
              best: dict[str, Any] | None = None,
-             trajectory: samplers.Trajectory | None = None) -> tuple[list[dict], list[dict]]:
+             trajectory: samplers.Trajectory | None = None,
+             corrupted: CorruptedSets | None = None) -> tuple[list[dict], list[dict]]:
     """Rows of the evals and predictions tables for the finished trial. `best`: the state of the best
-    validation epoch (early stopping); `trajectory`: the solution's weights at its last epochs (samplers)."""
+    validation epoch (early stopping); `trajectory`: the solution's weights at its last epochs (samplers);
+    `corrupted`: corrupted test sets for the main point and ensemble."""
     xs = splits(d)
     evals: list[dict] = []
     preds: list[dict] = []
@@ -45,7 +48,8 @@ def evaluate(cfg: TrialConfig, method: Method, d: Data, g: torch.Generator, epoc
         if p.member_of:
             members.setdefault(p.member_of, []).append(probs)
 
-    for p in method.points(g):
+    points = method.points(g)
+    for p in points:
         key = p.key()
         if key is None:
             emit(p, method.predict(p, xs))
@@ -62,7 +66,37 @@ def evaluate(cfg: TrialConfig, method: Method, d: Data, g: torch.Generator, epoc
         if len(ms) >= 2:
             emit(Point(f"ensemble_{group}", "ensemble"), {s: torch.stack([m[s] for m in ms]).mean(0) for s in ms[0]},
                  len(ms))
+    if corrupted is not None:
+        evals += corruption_rows(cfg, method, points, corrupted, epoch)
     return evals, preds
+
+
+# -- corruptions: the main point and the main ensemble on corrupted test sets -----------------------------
+def corruption_rows(cfg: TrialConfig, method: Method, points: list[Point], sets: CorruptedSets,
+                    epoch: int) -> list[dict]:
+    """Evals rows (split test) of the trial's main point and its main ensemble's members on every corrupted
+    set, and of the ensemble itself. Each point is placed once (BatchNorm from clean training data) and then
+    reads every set; the sets are built as they are read, one at a time."""
+    ens = method.ensemble
+    chosen = [p for p in points if p.name == method.main or (ens and p.member_of and f"ensemble_{p.member_of}" == ens)]
+    rows: list[dict] = []
+    members: dict[tuple[str, int], list[torch.Tensor]] = {}
+
+    def row(p: Point, key: tuple[str, int], probs: torch.Tensor, n: int = 1) -> dict:
+        return dict(epoch=epoch, split="test", point=p.name, kind=p.kind, alpha=p.alpha,
+                    coords=None if p.coords is None else p.coords.float().cpu(), members=n, member_of=p.member_of,
+                    corruption=key[0], severity=key[1],
+                    **classification_metrics(probs, sets.labels(key), cfg.ece_bins))
+
+    for p in chosen:
+        for key, probs in method.predict(p, sets).items():
+            rows.append(row(p, key, probs))
+            if p.member_of and f"ensemble_{p.member_of}" == ens:
+                members.setdefault(key, []).append(probs)
+    for key, ms in members.items():
+        if len(ms) >= 2:
+            rows.append(row(Point(ens, "ensemble"), key, torch.stack(ms).mean(0), len(ms)))
+    return rows
 
 
 def early_stop(method: Method, state: dict[str, torch.Tensor],

@@ -31,7 +31,7 @@ from trainers import data as datasets
 from trainers.config import _NOT_IN_KEY, PACK_FREE, PACKABLE_METHODS, TrialConfig
 from trainers.methods.base import Step
 from trainers.results import Sink
-from trainers.train import Run, pick_device
+from trainers.train import Run, resident
 
 
 def pack_key(cfg: TrialConfig) -> str:
@@ -109,8 +109,7 @@ class Pack:
 def shared_data(cfgs: list[TrialConfig]) -> list[datasets.Data]:
     """The data set loaded once, on the device, with each trial's own label noise."""
     c = cfgs[0]
-    clean = datasets.load(c.dataset, c.data_dir, c.download, c.val_fraction, 0.0, 0, c.augment)
-    clean = clean.to(pick_device(c.device))
+    clean = resident(datasets.load(c.dataset, c.data_dir, c.download, c.val_fraction, 0.0, 0, c.augment), c)
     return [datasets.with_noise(clean, cfg.label_noise, cfg.noise_seed) for cfg in cfgs]
 
 

@@ -22,6 +22,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("started_at", pa.float64()), ("finished_at", pa.float64()), ("seconds", pa.float64()),
         ("ran_on", pa.string()), ("n_params", pa.int64()), ("label_noise_actual", pa.float64()),
         ("main_point", pa.string()), ("main_ensemble", pa.string()), ("best_epoch", pa.int32()),
+        ("compile_seconds", pa.float64()),
+        ("corruption_generator", pa.string()),
         ("extra", pa.string()), ("config_json", pa.string()),
     ] + _config_columns()),
     # one row per epoch: training metrics and validation at the subspace centre

@@ -55,6 +55,7 @@ class Subspace(nn.Module):
     def __init__(self, make_model: Callable[[], nn.Module], shape: str, m: int = 2, layerwise: bool = False):
         super().__init__()
         self.shape, self.spec, self.m, self.layerwise = shape, SHAPES[shape], m, layerwise
+        self.channels_last = False  # set_flat gives conv weights in NHWC (the method sets it from the config)
         self.n_endpoints = self.spec.n_endpoints(m)
         n = self.n_endpoints + self.spec.extra
         models = [make_model() for _ in range(n)]  # independent inits, from the model's own initialiser
@@ -125,7 +126,10 @@ class Subspace(nn.Module):
         subspace, an average of snapshots, a sample around a solution). One split, not a slice per tensor:
         its backward is a single concatenation."""
         for (module, attr, _, _, shape), piece in zip(self._slots, w.split(self._numels), strict=True):
-            object.__setattr__(module, attr, piece.view(shape))
+            v = piece.view(shape)
+            if self.channels_last and v.dim() == 4:  # a differentiable copy: conv weights in NHWC too
+                v = v.contiguous(memory_format=torch.channels_last)
+            object.__setattr__(module, attr, v)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         if c is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -77,7 +78,11 @@ class Method(nn.Module):
         self.cfg, self.data = cfg, data
         self.amp = cfg.amp and device.type == "cuda"
         self.sub = self.build()
+        self.sub.channels_last = cfg.channels_last
         self.to(device)
+        # the network as the methods call it: compiled when asked (trainers.train compiles it before the first
+        # step and times that); the parameters stay views set by the Subspace, read at every call
+        self.net = torch.compile(self.sub.model) if cfg.compile else self.sub.model
 
     # -- building ---------------------------------------------------------------------------------------
     def build(self) -> Subspace:
@@ -102,14 +107,32 @@ class Method(nn.Module):
     def autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast("cuda", torch.bfloat16) if self.amp else contextlib.nullcontext()
 
+    def input(self, x: torch.Tensor) -> torch.Tensor:
+        """Inputs in the memory format the config asks for."""
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last and x.dim() == 4 else x
+
     def loss_at(self, c: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy and logits of the model at coefficients c (weights mixed in fp32, outside autocast)."""
         self.sub.set_point(c)
         with self.autocast():
-            logits = self.sub.model(x)
+            logits = self.net(self.input(x))
         return F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing), logits
 
     # -- evaluation -------------------------------------------------------------------------------------
+    def compile_now(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Run the compiled graphs once (a training step, a BatchNorm refresh, an evaluation) and put every
+        tensor back as it was; returns the seconds this took, which is what compiling costs."""
+        saved = {k: v.clone() for k, v in self.state_dict().items()}
+        t = time.perf_counter()
+        self.train()
+        self.train_step(x, y, torch.Generator(device=x.device).manual_seed(0))  # a throwaway generator
+        self.predict(self.val_point(), {"warm-up": x})
+        seconds = time.perf_counter() - t
+        self.load_state_dict(saved)
+        for p in self.parameters():
+            p.grad = None
+        return seconds
+
     def val_point(self) -> Point:
         raise NotImplementedError
 
@@ -131,7 +154,7 @@ class Method(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The network's output for a batch of plain inputs at the weights set now."""
-        return self.sub.model(x)
+        return self.net(self.input(x))
 
     def place(self, point: Point) -> None:
         """Set the model's weights to the point, with BatchNorm statistics that belong to it."""
@@ -140,7 +163,8 @@ class Method(nn.Module):
         else:
             self.sub.set_point(point.coords)
         if self.needs_bn(point):
-            refresh_bn(self.sub.model, self.logits, self.data.train_x, self.cfg.batch_size, self.cfg.bn_batches)
+            with self.autocast():  # the training images may be held in bf16
+                refresh_bn(self.sub.model, self.logits, self.data.train_x, self.cfg.batch_size, self.cfg.bn_batches)
 
     @torch.no_grad()
     def predict(self, point: Point, xs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

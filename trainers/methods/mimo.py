@@ -46,14 +46,14 @@ class MIMO(Method):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(N, M, classes): every head's logits for the same inputs."""
         m = self.cfg.mimo_heads
-        return self.sub.model(x.repeat(1, m, *([1] * (x.dim() - 2)))).view(len(x), m, -1)
+        return self.net(self.input(x.repeat(1, m, *([1] * (x.dim() - 2))))).view(len(x), m, -1)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> Step:
         c, m = self.cfg, self.cfg.mimo_heads
         idx = head_indices(len(x), m, c.mimo_repeat_prob, c.mimo_batch_repeats, g)
         self.sub.set_point(self.sub.center())
         with self.autocast():
-            logits = self.sub.model(self.stack(x, idx))
+            logits = self.net(self.input(self.stack(x, idx)))
         logits = logits.float().view(idx.shape[1] * m, -1)     # (R*M, classes): row r*M + h is head h
         targets = y[idx.T].reshape(-1)
         loss = F.cross_entropy(logits, targets, label_smoothing=c.label_smoothing)  # mean over heads too
