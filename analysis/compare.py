@@ -28,6 +28,7 @@ from analysis.tables import (
     unit,
 )
 from analysis.trials import (
+    NAMED,
     REPLICATE,
     as_results,
     caption,
@@ -61,7 +62,7 @@ def best_of_axis(results: Any, axis: str, metric: str = "accuracy", select_split
     default = FIELDS[axis].default
     t = with_groups(trials, replicate)
     t["base"] = group_keys(t, (*replicate, axis))
-    t["base_name"] = [method_name(r) for r in t.assign(**{axis: default}).to_dict("records")]
+    t["base_name"] = [method_name(r) for r in t[list(NAMED)].assign(**{axis: default}).to_dict("records")]
     picked = final_evals(results, select_split, "main")[ID + [metric]].merge(t[ID + ["base", axis]], on=ID)
     scores = picked[picked[axis] != default].groupby(["base", axis])[metric].mean()
     if scores.empty:
@@ -135,12 +136,9 @@ def paper_rows(results: Any, split: str = "test", best_of: Sequence[str] | None 
     training), and for each best-of axis the per-value series replaced by the picked value's trials under
     the "(best)" name. Columns: identity, config, metrics, group, series, series_order, setting."""
     results = as_results(results)
-    ev = judged_evals(results, split, early_stop=True, clean_only=True, replicate=replicate)
+    ev = judged_evals(results, split, early_stop="standard", clean_only=True, replicate=replicate)
     if ev.empty:
         return ev
-    standard = (ev["method"] == "subspace") & (ev["shape"] == "point") & (ev["dropout"] == 0) \
-        & (ev["label_smoothing"] == 0)
-    ev = ev[(ev["point"] != "early_stop") | standard]
     best = best_of_axes(results, best_of, replicate=replicate)
     if len(best):
         t = with_groups(results.trials, replicate)

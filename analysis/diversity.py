@@ -16,6 +16,7 @@ import pandas as pd
 
 from analysis.load import ID
 from analysis.predictions import Probs, final_main, load_core, trajectory
+from analysis.tables import is_standard
 from analysis.trials import REPLICATE, as_results, main_points, with_groups
 
 
@@ -47,8 +48,7 @@ def _pick_trials(candidates: pd.DataFrame, max_trials: int, replicate: Iterable[
     g = with_groups(candidates, replicate)
     size = g.groupby("group")["trial_key"].transform("nunique")
     liked = g["trial_key"].isin(set(prefer)).groupby(g["group"]).transform("any")
-    g = g.assign(_size=size.clip(upper=max_trials), _liked=liked,
-                 _std=(g["shape"] != "point") | (g["method"] != "subspace"))
+    g = g.assign(_size=size.clip(upper=max_trials), _liked=liked, _std=~is_standard(g))
     best = g.sort_values(["_size", "_liked", "_std", "group_label"],
                          ascending=[False, False, True, True]).iloc[0]["group"]
     return g[g["group"] == best].sort_values("seed").head(max_trials).drop(columns=["_size", "_liked", "_std"])
@@ -219,7 +219,7 @@ def accuracy_vs_diversity(results: Any, probs: Probs | None = None, max_trials: 
         others = {
             "seeds": ref[(ref["group"] == r["group"]) & (ref["trial_key"] != r["trial_key"])],
             "checkpoints": traj[(traj["trial_key"] == r["trial_key"]) & (traj["epoch"] < r["epoch"])
-                                & (traj["epoch"] > (1 - late) * r["epoch"])],
+                                & (traj["epoch"] >= (1 - late) * r["epoch"])],
             **{g: o for g, o in own.groupby("member_of", sort=True)},
         }
         for source, o in others.items():

@@ -94,12 +94,13 @@ class Panel:
 
 
 def shown(keys: Sequence[str], what: str = "groups", limit: int = MAX_PANELS) -> tuple[list[str], str]:
-    """The first `limit` keys, and a note when not all are shown."""
+    """The first `limit` keys (callers order them setting by setting, every series of a setting together),
+    and a note when not all are shown."""
     keys = list(dict.fromkeys(keys))
     if len(keys) <= limit:
         return keys, ""
-    return keys[:limit], (f"{limit} of {len(keys)} {what} shown (the first in the order of the table; the panel "
-                          f"titles name them); every one is in the table beneath")
+    return keys[:limit], (f"{limit} of {len(keys)} {what} shown: the first settings, every method in each (the "
+                          f"panel titles name them); every one is in the table beneath")
 
 
 def wrap(text: str, inches: float, size: float = FONT) -> str:
@@ -146,12 +147,13 @@ def _legend(fig: Figure, handles: list, labels: list[str], title: str = "") -> N
 
 
 def _style(ax: object, xlabel: str, ylabel: str, title: str, width: float) -> None:
+    """Labels, ticks and grid; the title wrapped to the width of the axes (a panel less its y labels)."""
     ax.set_xlabel(xlabel, fontsize=FONT)
     ax.set_ylabel(ylabel, fontsize=FONT)
     ax.tick_params(labelsize=FONT - 1)
     ax.grid(alpha=0.3)
     if title:
-        ax.set_title(wrap(title, width), fontsize=FONT)
+        ax.set_title(wrap(title, width - 0.7), fontsize=FONT)
 
 
 LINESTYLES = ["-", "--", ":", "-."]
@@ -269,7 +271,7 @@ def simplex(df: pd.DataFrame, caption: str, metric: str = "accuracy", note: str 
             ax.annotate(f"endpoint {i}", (vx, vy), ha="center", va="top" if vy == 0 else "bottom", fontsize=FONT - 1)
         ax.set_aspect("equal")
         ax.set_axis_off()
-        ax.set_title(wrap(d["group_label"].iloc[0], 2.9), fontsize=FONT)
+        ax.set_title(wrap(d["group_label"].iloc[0], 2.6), fontsize=FONT)
     if art is not None:
         fig.colorbar(art, ax=list(axes), shrink=0.8, label=f"test {NAMES[metric]}")
     return fig
@@ -368,9 +370,9 @@ def layout_problems(fig: Figure, tol: float = 1.0) -> list[str]:
     """What a reader could not read, from the laid-out figure's bounding boxes (display units): a legend
     outside the canvas or over a panel's data area; a title outside the canvas, over another title or over
     a panel's data area; axis labels outside the canvas. Empty when the figure is clean."""
-    if fig.canvas is None or not hasattr(fig.canvas, "get_renderer"):
+    if not isinstance(fig.canvas, FigureCanvasAgg):
         FigureCanvasAgg(fig)
-    fig.canvas.draw()
+    fig.draw_without_rendering()  # lays the figure out (constrained layout included) without rasterising
     r = fig.canvas.get_renderer()
     canvas = Bbox.from_bounds(0, 0, fig.bbox.width, fig.bbox.height).expanded(1, 1)
     inside = Bbox.from_extents(-tol, -tol, fig.bbox.width + tol, fig.bbox.height + tol)

@@ -38,6 +38,7 @@ class Item:
     table: Table | None = None
     section: str = ""
     problems: list[str] = field(default_factory=list)  # layout problems (plots.layout_problems), when checked
+    legend: list[str] = field(default_factory=list)    # the figure's legend entries
 
 
 @dataclass
@@ -80,6 +81,13 @@ class Context:
             sel |= t["group"].isin(set(groups))
         return t[sel]
 
+    def panel_order(self, groups: pd.Series) -> pd.Series:
+        """A sort key for panels of groups: setting by setting (in the axes' order), every series of a
+        setting together in series order; so a figure cut to MAX_PANELS shows every method."""
+        info = self.trials.drop_duplicates("group")
+        ranked = info.sort_values([*self.settings, "series_order"], kind="stable")["group"]
+        return groups.map({g: i for i, g in enumerate(ranked)})
+
     def setting_label(self, rows: pd.DataFrame, without: tuple[str, ...] = ()) -> pd.Series:
         """Each row's setting, naming only the setting axes (minus `without`) that vary."""
         axes = [a for a in self.settings if a not in without]
@@ -93,8 +101,9 @@ class Context:
         fig = make()
         problems = plots.layout_problems(fig) if self.check_layout else []
         files = plots.save(fig, self.folder / "figures" / name)
+        legend = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
         item = Item("figure", name, title, cap, [f.relative_to(self.folder) for f in files], note=note,
-                    section=self.section, problems=problems)
+                    section=self.section, problems=problems, legend=legend)
         if table is not None:
             item.table = table
             item.files += self._write(table)
@@ -235,12 +244,13 @@ def calibration_by_method(ctx: Context) -> None:
     info = ctx.trials.drop_duplicates("group").set_index("group")
     rel = rel.assign(_o=rel["group"].map(info["series_order"])).sort_values(["_o", "group_label", "bin"],
                                                                                kind="stable")
-    keep, note = plots.shown(rel["group"])
+    keep, note = plots.shown(rel.sort_values("group", key=ctx.panel_order, kind="stable")["group"])
     cap = caption(ctx.used(groups=rel["group"]))
     table = tables.simple_table("reliability", title, cap, rel.drop(columns=["group", "_o"]),
                                 rel.set_index(["group_label", "bin"])[["count", "confidence", "accuracy"]].round(4))
-    ctx.figure("reliability", title, cap, lambda: plots.reliability(rel[rel["group"].isin(keep)], cap, note),
-               table, note)
+    ctx.figure("reliability", title, cap, lambda: plots.reliability(
+        rel[rel["group"].isin(keep)].sort_values("group", key=ctx.panel_order, kind="stable"), cap, note),
+        table, note)
 
 
 def label_noise(ctx: Context) -> None:
@@ -284,7 +294,7 @@ def ensemble_size(ctx: Context) -> None:
         curves = curves.assign(_panel=curves["series"] + " · " + key, _series=hue + "=" + curves[hue].map(fmt_value))
     else:
         curves = curves.assign(_panel=curves["group_label"], _series=curves["source"])
-    keep, cut = plots.shown(curves["_panel"])
+    keep, cut = plots.shown(curves.sort_values("group", key=ctx.panel_order, kind="stable")["_panel"])
     acc = curves.pivot_table(index=["group_label", "source"], columns="k", values="accuracy_mean", sort=False)
     acc.columns = [f"k={k}" for k in acc.columns]
     table = tables.simple_table("ensemble_curves", title + ": accuracy (%) against k", cap,
@@ -311,7 +321,7 @@ def accuracy_vs_diversity(ctx: Context) -> None:
         return
     a = a.assign(_o=a["group"].map(ctx.trials.drop_duplicates("group").set_index("group")["series_order"]))
     a = a.sort_values(["_o", "group_label"], kind="stable")
-    keep, cut = plots.shown(a["group"])
+    keep, cut = plots.shown(a.sort_values("group", key=ctx.panel_order, kind="stable")["group"])
     cap = caption(ctx.used(a["trial_key"]), "diversity = fraction of test predictions that differ from the final "
                                             "solution / its error rate")
     summary = a.groupby(["group_label", "source"], sort=False).agg(
@@ -320,7 +330,8 @@ def accuracy_vs_diversity(ctx: Context) -> None:
     table = tables.simple_table("accuracy_vs_diversity", title + ": means per source", cap + " · means over pairs",
                                 a.drop(columns=["group", "_o"]), summary)
     ctx.figure("accuracy_vs_diversity", title, cap,
-               lambda: plots.scatter(a[a["group"].isin(keep)], cap, ctx.palette, cut), table, cut)
+               lambda: plots.scatter(a[a["group"].isin(keep)].sort_values("group", key=ctx.panel_order, kind="stable"),
+                                     cap, ctx.palette, cut), table, cut)
 
 
 def trajectories(ctx: Context) -> None:
@@ -392,13 +403,13 @@ def landscapes(ctx: Context) -> None:
         return
     s = s.assign(_o=s["group"].map(ctx.trials.drop_duplicates("group").set_index("group")["series_order"]))
     s = s.sort_values(["_o", "group_label"], kind="stable")
-    keep, cut = plots.shown(s["group"])
+    keep, cut = plots.shown(s.sort_values("group", key=ctx.panel_order, kind="stable")["group"])
     cap = caption(ctx.used(groups=s["group"]))
     table = tables.simple_table("landscape_simplex", "Test accuracy over the m = 3 simplex", cap,
                                 s.drop(columns=["group", "_o"]),
                                 s.set_index(["group_label", "c0", "c1", "c2"])[["accuracy_mean", "n"]].round(4))
-    ctx.figure("landscape_simplex", title, cap, lambda: plots.simplex(s[s["group"].isin(keep)], cap, note=cut),
-               table, cut)
+    ctx.figure("landscape_simplex", title, cap, lambda: plots.simplex(
+        s[s["group"].isin(keep)].sort_values("group", key=ctx.panel_order, kind="stable"), cap, note=cut), table, cut)
 
 
 SECTIONS: list[Section] = [

@@ -183,16 +183,27 @@ def final_evals(results: Any, split: str = "test", points: str | Iterable[str] =
     return ev.reset_index(drop=True)
 
 
-def judged_evals(results: Any, split: str = "test", early_stop: bool = True, clean_only: bool = False,
+def is_standard(ev: pd.DataFrame) -> pd.Series:
+    """Standard training: one network, no dropout, no label smoothing (the paper's early-stopping baseline)."""
+    return (ev["method"] == "subspace") & (ev["shape"] == "point") & (ev["dropout"] == 0) \
+        & (ev["label_smoothing"] == 0)
+
+
+def judged_evals(results: Any, split: str = "test", early_stop: str = "standard", clean_only: bool = False,
                  replicate: Iterable[str] = REPLICATE) -> pd.DataFrame:
-    """Each trial's main-point evals (and, with early_stop, its `early_stop` point's as series
-    "<series> (opt. early stop)", except where that point is a barrier: trials.barrier_centres), with the
-    trial's group names (group, series, series_order, setting, group_label)."""
+    """Each trial's main-point evals with the trial's group names (group, series, series_order, setting,
+    group_label), and the early-stopping point (`early_stop`) as series "<series> (opt. early stop)": of
+    standard training ("standard", the papers' baseline), of every trial ("all") or of none ("none").
+    Never where that point is a barrier (trials.barrier_centres)."""
     results = as_results(results)
     ev = final_evals(results, split, "all", clean_only)
     if ev.empty:
         return ev.assign(group="", series="", setting="", group_label="")
-    stopped = early_stop & (ev["point"] == "early_stop") & ~barrier_centres(ev)
+    stopped = (ev["point"] == "early_stop") & ~barrier_centres(ev)
+    if early_stop == "standard":
+        stopped &= is_standard(ev)
+    elif early_stop != "all":
+        stopped &= False
     ev = ev[(ev["point"] == ev["main_point"]) | stopped]
     names = with_groups(results.trials.merge(ev[ID].drop_duplicates(), on=ID), replicate)
     ev = ev.merge(names[ID + ["group", "series", "series_order", "setting", "group_label"]], on=ID)
@@ -234,11 +245,11 @@ def _wide(cells: pd.DataFrame, metric: str, title: str) -> View:
 
 def robustness_table(results: Any, rows: Sequence[str] | None = None, columns: Sequence[str] | None = None,
                      metrics: Sequence[str] = ("accuracy", "ece"), split: str = "test",
-                     early_stop: bool = True, replicate: Iterable[str] = REPLICATE) -> Table:
-    """Cells: mean ± std over seeds of each metric at each trial's main point (and its early-stopping point,
-    a row of its own), rows = the series and the setting axes not in `columns`, columns = label noise (and
-    corruption × severity when any corrupted evaluation exists). The best cell of each column (per metric)
-    is marked. `rows`: axes to show as row labels instead of series and settings."""
+                     early_stop: str = "standard", replicate: Iterable[str] = REPLICATE) -> Table:
+    """Cells: mean ± std over seeds of each metric at each trial's main point (and standard training's
+    early-stopping point, a row of its own: judged_evals), rows = the series and the setting axes not in
+    `columns`, columns = each metric × label noise (and corruption × severity when any corrupted evaluation
+    exists). The best cell of each column is marked. `rows`: axes to show as row labels instead."""
     results = as_results(results)
     ev = judged_evals(results, split, early_stop, replicate=replicate)
     used = results.trials.merge(ev[ID].drop_duplicates(), on=ID) if len(ev) else results.trials.iloc[:0]
@@ -269,15 +280,18 @@ def robustness_table(results: Any, rows: Sequence[str] | None = None, columns: S
     cells = data.assign(column=_column_label(data, columns))
     index = _row_index(cells, rows) if rows else pd.Index(["all"] * len(cells), name="")
     cells["row"] = list(index)
-    views = []
-    for m in metrics:
-        v = _wide(cells, m, unit(m))
-        if isinstance(index, pd.MultiIndex):
-            v.cells.index = pd.MultiIndex.from_tuples(v.cells.index, names=index.names)
-        else:
-            v.cells.index.name = index.name
-        v.bold.index = v.cells.index
-        views.append(v)
+    parts = [_wide(cells, m, unit(m)) for m in metrics]
+    for v in parts:  # one table: each metric's columns side by side
+        v.cells.columns = [f"{v.title} · {c}" for c in v.cells.columns]
+        v.bold.columns = v.cells.columns
+    wide = pd.concat([v.cells for v in parts], axis=1).fillna("")
+    bold = pd.concat([v.bold for v in parts], axis=1).reindex_like(wide).fillna(False).astype(bool)
+    if isinstance(index, pd.MultiIndex):
+        wide.index = pd.MultiIndex.from_tuples(wide.index, names=index.names)
+    else:
+        wide.index.name = index.name
+    bold.index = wide.index
+    views = [View("", wide, bold)]
     data = data[[c for c in dict.fromkeys(["sweep", "series", *varying_axes(used, replicate), *columns,
                                            "metric", "mean", "std", "n", "trials", "seeds", "best"])
                  if c in data]]

@@ -103,11 +103,10 @@ def varying_axes(trials: pd.DataFrame, replicate: Iterable[str] = REPLICATE,
     """Config fields that take more than one value within some sweep (replicates and `exclude` left out)."""
     skip = set(replicate) | NOT_AXES | set(exclude)
     cols = [c for c in config_fields(trials) if c not in skip]
-    out = []
-    for c in cols:
-        n = trials.groupby("sweep")[c].nunique(dropna=False)
-        if (n > 1).any():
-            out.append(c)
+    out: set[str] = set()
+    for _, t in trials.groupby("sweep", sort=False):
+        n = t[cols].nunique(dropna=False)
+        out |= set(n.index[n > 1])
     rank = {a: i for i, a in enumerate(AXIS_ORDER)}
     return sorted(out, key=lambda a: (rank.get(a, len(rank)), a))
 
@@ -171,6 +170,11 @@ def barrier_centres(trials: pd.DataFrame) -> pd.Series:
     return (trials["shape"] != "point") & (main_points(trials) != "center")
 
 
+def _records(trials: pd.DataFrame, fields: Iterable[str]) -> list[dict[str, Any]]:
+    """The rows as dicts of just these fields (converting every column of a wide table is slow)."""
+    return trials[[f for f in dict.fromkeys(fields) if f in trials]].to_dict("records")
+
+
 def _relevant(row: Mapping[str, Any], field: str) -> bool:
     """Whether a method field means anything for this trial (another method's fields keep their defaults;
     the samplers' settings matter only with samplers, the early-stopping metric only with early stopping)."""
@@ -186,9 +190,9 @@ def series_names(trials: pd.DataFrame) -> pd.Series:
     does not spell out and that take several values among trials of that name."""
     if trials.empty:
         return pd.Series([], dtype=object, index=trials.index)
-    base = pd.Series([method_name(r) for r in trials.to_dict("records")], index=trials.index)
     extra = [a for a in varying_axes(trials) if a in METHOD_AXES and a not in NAMED]
-    rows = trials.to_dict("records")
+    rows = _records(trials, [*NAMED, "samplers", "early_stop", *extra])
+    base = pd.Series([method_name(r) for r in rows], index=trials.index)
     shown = {a: pd.Series([fmt_value(r[a]) if _relevant(r, a) else None for r in rows], index=trials.index)
              for a in extra}
     # the names under which a field takes several values: only there does it tell series apart
@@ -209,7 +213,7 @@ def with_groups(trials: pd.DataFrame, replicate: Iterable[str] = REPLICATE) -> p
     t["main_point"] = main_points(t)
     t["main_ensemble"] = main_ensembles(t)
     t["series"] = series_names(t)
-    ranks = [(_method_rank(r), n) for r, n in zip(t.to_dict("records"), t["series"], strict=True)]
+    ranks = [(_method_rank(r), n) for r, n in zip(_records(t, NAMED), t["series"], strict=True)]
     order = {k: i for i, k in enumerate(sorted(set(ranks)))}
     t["series_order"] = [order[k] for k in ranks]
     settings = setting_axes(t, replicate) if len(t) else []
