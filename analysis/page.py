@@ -22,7 +22,8 @@ nav{position:sticky;top:0;align-self:start;max-height:100vh;overflow:auto;paddin
 nav .off{color:#999} main{padding:0 2em 4em;max-width:1250px}
 img{max-width:100%;border:1px solid #ddd} figure{margin:1em 0}
 table{border-collapse:collapse;font-size:12.5px;margin:.5em 0}
-td,th{border:1px solid #ccc;padding:2px 6px;text-align:right} th{background:#f4f4f4} tbody th{text-align:left}
+td,th{border:1px solid #ccc;padding:2px 6px;text-align:right} td{white-space:nowrap} th{background:#f4f4f4}
+tbody th{text-align:left}
 .cap,figcaption{color:#555;font-size:13px} .skip{color:#a60;font-size:13px} .note{color:#a60}
 details{margin:.3em 0 1.2em} summary{cursor:pointer;color:#0366d6;font-size:13px}
 h2{border-bottom:2px solid #ddd;padding-top:.5em} h3{margin-top:1.8em} a.top{font-size:12px;margin-left:.6em}"""
@@ -53,8 +54,9 @@ def _item(it: Item, pre: str) -> str:
     if it.kind == "figure":
         png = next(f for f in it.files if f.suffix == ".png")
         svg = next((f for f in it.files if f.suffix == ".svg"), None)
-        out.append(f"<figure id='{e(anchor(pre, it.name))}'><img loading=lazy src='{e(pre + str(png))}' "
-                   f"alt='{e(it.title)}'><figcaption>{e(it.caption)}{note}"
+        out.append(f"<figure id='{e(anchor(pre, it.name))}'><a href='{e(pre + str(png))}' title='full size'>"
+                   f"<img loading=lazy src='{e(pre + str(png))}' alt='{e(it.title)}'></a>"
+                   f"<figcaption>{e(it.caption)}{note}"
                    + (f" · <a href='{e(pre + str(svg))}'>svg</a>" if svg else "") + "</figcaption></figure>")
         if it.table is not None:
             out.append(_table(it, pre, folded=True))

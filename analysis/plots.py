@@ -75,7 +75,8 @@ class Palette:
         if name not in self.colors:
             taken = set(self.colors.values())
             shades = next((c for prefix, c in SERIES_COLORS if name.startswith(prefix)), [])
-            free = [c for c in shades if c not in taken] or [c for c in _TAB20 if c not in taken]
+            # no family: the strong tab20 colours first, then their light partners
+            free = [c for c in shades if c not in taken] or [c for c in _TAB20[::2] + _TAB20[1::2] if c not in taken]
             self.colors[name] = free[0] if free else _TAB20[len(self.colors) % 20]
         return self.colors[name]
 
@@ -156,7 +157,8 @@ def _style(ax: object, xlabel: str, ylabel: str, title: str, width: float) -> No
         ax.set_title(wrap(title, width - 0.7), fontsize=FONT)
 
 
-LINESTYLES = ["-", "--", ":", "-."]
+# (line style, marker) per `style` value: 12 distinct ones
+STYLES = [(ls, m) for m in ("o", "s", "^") for ls in ("-", "--", ":", "-.")]
 
 
 def lines(panels: Sequence[Panel], title: str, caption: str, palette: Palette, source: bool = False,
@@ -181,9 +183,9 @@ def lines(panels: Sequence[Panel], title: str, caption: str, palette: Palette, s
         data = p.data if "style" in p.data else p.data.assign(style="")
         for (s, st), d in data.groupby(["series", "style"], sort=False):
             d = d.sort_values("x")
-            ls = LINESTYLES[styles.index(st) % 4] if st else "-"
+            ls, marker = STYLES[styles.index(st) % len(STYLES)] if st else ("-", "o")
             mean = d["mean"].to_numpy(float)
-            ax.plot(d["x"], mean, ls, marker="o", ms=2.5, lw=1.2, color=palette(s, source))
+            ax.plot(d["x"], mean, ls, marker=marker, ms=2.5, lw=1.2, color=palette(s, source))
             if "std" in d and bands:
                 std = np.nan_to_num(d["std"].to_numpy(float))
                 ax.fill_between(d["x"], mean - std, mean + std, color=palette(s, source), alpha=0.15, lw=0)
@@ -196,7 +198,8 @@ def lines(panels: Sequence[Panel], title: str, caption: str, palette: Palette, s
     handles = [Line2D([], [], color=palette(s, source), marker="o", ms=3,
                       ls="--" if any(p.refs is not None and s in set(p.refs["series"]) and s not in
                                      set(p.data["series"]) for p in panels) else "-") for s in names]
-    handles += [Line2D([], [], color="#444444", ls=LINESTYLES[i % 4]) for i in range(len(styles))]
+    handles += [Line2D([], [], color="#444444", ls=STYLES[i % len(STYLES)][0], marker=STYLES[i % len(STYLES)][1],
+                       ms=3) for i in range(len(styles))]
     _legend(fig, handles, labels, legend_title)
     return fig
 
@@ -282,7 +285,7 @@ def matrix(df: pd.DataFrame, what: str, caption: str, cbar: str, cmap: str = "vi
     """A square (trial, seed, epoch)-indexed matrix as a heat map, trials separated by white lines."""
     n = len(df)
     side = min(9.0, max(3.5, 0.2 * n))  # long trajectories: the matrix gets denser, not larger
-    fig, axes = _figure(what, caption, 1, panel=(side + 1.8, side + 0.9))
+    fig, axes = _figure(what, caption, 1, panel=(side + 2.4, side + 0.4))
     ax = axes[0]
     art = ax.imshow(df.to_numpy(float), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     fig.colorbar(art, ax=ax, label=cbar, shrink=0.8)

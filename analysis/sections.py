@@ -290,8 +290,9 @@ def ensemble_size(ctx: Context) -> None:
                   "mean ± std over random subsets (seeds) or over seeds (the other sources)")
     hue = ctx.hue if ctx.hue in curves.columns else None
     if hue:  # colour by the axis, one panel per group without it, line style per source
-        key = curves["group_label"] if not ctx.settings else ctx.setting_label(curves, (hue,))
-        curves = curves.assign(_panel=curves["series"] + " · " + key, _series=hue + "=" + curves[hue].map(fmt_value))
+        key = ctx.setting_label(curves, (hue,))
+        curves = curves.assign(_panel=curves["series"] + np.where(key == "all", "", " · " + key),
+                               _series=hue + "=" + curves[hue].map(fmt_value))
     else:
         curves = curves.assign(_panel=curves["group_label"], _series=curves["source"])
     keep, cut = plots.shown(curves.sort_values("group", key=ctx.panel_order, kind="stable")["_panel"])
