@@ -4,6 +4,7 @@
     r = analysis.load("results/quickstart")
     analysis.ensemble_curves(r)            # accuracy/NLL/ECE/Brier against ensemble size, mean ± std
     analysis.robustness_table(r).markdown()
+    analysis.best_of_axis(r, "dropout")    # the subspaces paper's "Dropout (best)": picked on validation
     analysis.build_report("results", "report")
 
 The analysis functions load on first use, so `import analysis` (or analysis.load) stays light.
@@ -19,6 +20,8 @@ from analysis.load import Results, load
 _LAZY = {
     "ensemble_curves": "analysis.ensembles", "ensemble_values": "analysis.ensembles",
     "robustness_table": "analysis.tables", "calibration_table": "analysis.tables", "mean_std": "analysis.tables",
+    "judged_evals": "analysis.tables", "best_of_axis": "analysis.compare", "best_of_table": "analysis.compare",
+    "paper_rows": "analysis.compare", "main_points": "analysis.trials", "with_groups": "analysis.trials",
     "alpha_curves": "analysis.landscape", "simplex_grid": "analysis.landscape",
     "weight_similarity": "analysis.diversity", "prediction_disagreement": "analysis.diversity",
     "tsne_trajectories": "analysis.diversity", "accuracy_vs_diversity": "analysis.diversity",

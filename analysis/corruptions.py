@@ -126,10 +126,12 @@ def _mean_last(col: pd.Series) -> pd.Series:
     return col.map(lambda v: (1, v) if v == MEAN else (0, v)) if col.name == "corruption" else col
 
 
-def severity_figure(curves: pd.DataFrame, cap: str, metric: str = "accuracy") -> Figure:
+def severity_figure(curves: pd.DataFrame, cap: str, metric: str = "accuracy", palette: Any = None) -> Figure:
     """Metric against severity (0 = clean) per series, mean ± std over seeds: the mean over corruptions, then one
-    panel per corruption. Ensembles are dashed."""
-    from analysis.plots import _colors  # colours shared with the other figures
+    panel per corruption. Ensembles are dashed. `palette`: the report's (one colour per group in every figure)."""
+    from analysis.plots import Palette
+
+    palette = palette or Palette()
 
     corruptions = [MEAN] + sorted(c for c in curves["corruption"].unique() if c not in (MEAN, CLEAN))
     ncols = min(4, len(corruptions))
@@ -137,14 +139,13 @@ def severity_figure(curves: pd.DataFrame, cap: str, metric: str = "accuracy") ->
     fig = Figure(figsize=(3.6 * ncols, 3.0 * nrows + 1.2), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)).ravel()
     fig.suptitle(f"Test {metric} against corruption severity (0 = clean)\n{cap}", fontsize=10)
-    colors = _colors(curves["group"])
     clean = curves[curves["corruption"] == CLEAN]
     for ax, corruption in zip(axes, corruptions, strict=False):
         d = curves[curves["corruption"] == corruption]
         for series, s in d.groupby("series", sort=False):
             s = pd.concat([clean[clean["series"] == series], s]).sort_values("severity")
             mean, std = s[f"{metric}_mean"].to_numpy(float), np.nan_to_num(s[f"{metric}_std"].to_numpy(float))
-            color = colors[s["group"].iloc[0]]
+            color = palette(str(s["group_label"].iloc[0]) if "group_label" in s else str(s["group"].iloc[0]))
             style = "--" if (s["role"] == "ensemble").all() and s["point"].iloc[0].startswith("ensemble") else "-"
             ax.plot(s["severity"], mean, style, marker="o", ms=3, color=color, label=series)
             ax.fill_between(s["severity"], mean - std, mean + std, color=color, alpha=0.12, lw=0)
@@ -163,14 +164,15 @@ def severity_figure(curves: pd.DataFrame, cap: str, metric: str = "accuracy") ->
     return fig
 
 
-def report_section(builder: Any) -> None:
-    """The report's "Corruption robustness" items (analysis/report.py calls this with its builder); absent
-    when the sweep evaluated no corruptions (config `corruptions`)."""
-    ev = corruption_evals(builder.view)
+def report_section(ctx: Any) -> None:
+    """The report's "Corruption robustness" items (a section in analysis/sections.py); absent when the sweep
+    evaluated no corruptions (config `corruptions`)."""
+    builder = ctx
+    ev = corruption_evals(ctx.view)
     if ev.empty or not (ev["corruption"] != CLEAN).any():
         return
     t = corruption_table(ev=ev)
     builder.table(t)
     curves = robustness_curves(ev=ev)
     builder.figure("corruption_severity", "Accuracy against corruption severity", t.caption,
-                   lambda: severity_figure(curves, t.caption))
+                   lambda: severity_figure(curves, t.caption, palette=getattr(ctx, "palette", None)))

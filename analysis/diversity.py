@@ -16,7 +16,8 @@ import pandas as pd
 
 from analysis.load import ID
 from analysis.predictions import Probs, final_main, load_core, trajectory
-from analysis.trials import REPLICATE, as_results, main_point, with_groups
+from analysis.tables import is_standard
+from analysis.trials import REPLICATE, as_results, main_points, with_groups
 
 
 def cosine_matrix(x: np.ndarray) -> np.ndarray:
@@ -37,16 +38,20 @@ def disagreement_matrix(preds: np.ndarray, n_classes: int | None = None) -> np.n
     return 1.0 - agree.astype(np.float64) / preds.shape[1]
 
 
-def _pick_trials(candidates: pd.DataFrame, max_trials: int, replicate: Iterable[str]) -> pd.DataFrame:
-    """Trials of one group (seeds of one config) to compare: prefer standard training (as Fort et al.),
-    then the group with most trials; at most max_trials, lowest seeds first."""
+def _pick_trials(candidates: pd.DataFrame, max_trials: int, replicate: Iterable[str],
+                 prefer: Iterable[str] = ()) -> pd.DataFrame:
+    """Trials of one group (seeds of one config) to compare: the group with most trials, preferring groups
+    with trials in `prefer` (e.g. those with samples around their solution), then standard training (as
+    Fort et al.); at most max_trials, lowest seeds first."""
     if candidates.empty:
         return candidates.assign(group="", group_label="")
     g = with_groups(candidates, replicate)
     size = g.groupby("group")["trial_key"].transform("nunique")
-    g = g.assign(_size=size.clip(upper=max_trials), _std=(g["shape"] != "point"))
-    best = g.sort_values(["_size", "_std", "group_label"], ascending=[False, True, True]).iloc[0]["group"]
-    return g[g["group"] == best].sort_values("seed").head(max_trials).drop(columns=["_size", "_std"])
+    liked = g["trial_key"].isin(set(prefer)).groupby(g["group"]).transform("any")
+    g = g.assign(_size=size.clip(upper=max_trials), _liked=liked, _std=~is_standard(g))
+    best = g.sort_values(["_size", "_liked", "_std", "group_label"],
+                         ascending=[False, False, True, True]).iloc[0]["group"]
+    return g[g["group"] == best].sort_values("seed").head(max_trials).drop(columns=["_size", "_liked", "_std"])
 
 
 def _trial_rows(rows: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
@@ -58,18 +63,29 @@ def _index(rows: pd.DataFrame) -> pd.MultiIndex:
     return pd.MultiIndex.from_frame(rows[["trial_key", "seed", "epoch"]].astype({"seed": int, "epoch": int}))
 
 
+def weight_point(points: set[str], main: str) -> str | None:
+    """Which recorded weights stand for a trial's network along its trajectory: the trained network
+    (`point`; for SWA the SGD iterate), else the centre of a subspace judged by it, else the main point,
+    else the first endpoint (an `independent` pair: its centre is the barrier, not a network)."""
+    for p in ("point", "center" if main == "center" else None, main, "endpoint_0"):
+        if p in points:
+            return p
+    return None
+
+
 def weight_similarity(results: Any, max_trials: int = 4, trial_keys: Sequence[str] | None = None,
                       replicate: Iterable[str] = REPLICATE) -> pd.DataFrame:
-    """Cosine similarity of the recorded weights (main point) of a few trials of one group over all their
-    recorded epochs: within a trajectory and across seeds. A square DataFrame indexed by
+    """Cosine similarity of the recorded weights (weight_point) of a few trials of one group over all
+    their recorded epochs: within a trajectory and across seeds. A square DataFrame indexed by
     (trial_key, seed, epoch) on both axes; empty when no weights were recorded."""
     results = as_results(results)
     w = results.weights
     trials = results.trials
     if w.empty:
         return pd.DataFrame()
-    w = w.merge(trials[ID + ["shape"]], on=ID)
-    w = w[w["point"] == w["shape"].map(main_point)]
+    mains = dict(zip(trials["trial_key"], main_points(trials), strict=True))
+    chosen_point = {k: weight_point(set(p), mains.get(k, "")) for k, p in w.groupby("trial_key")["point"]}
+    w = w[w["point"] == w["trial_key"].map(chosen_point)]
     have = trials.merge(w[ID].drop_duplicates(), on=ID)
     chosen = have[have["trial_key"].isin(trial_keys)] if trial_keys is not None else \
         _pick_trials(have, max_trials, replicate)
@@ -110,8 +126,10 @@ def tsne_trajectories(results: Any, max_trials: int = 8, max_examples: int = 100
                       replicate: Iterable[str] = REPLICATE) -> pd.DataFrame:
     """2-D t-SNE of the softmax outputs (first max_examples test examples, flattened) of the recorded
     checkpoints (at most max_checkpoints per trajectory, evenly spaced, the last kept) of up to max_trials
-    trajectories, plus their final subspace samples. One row per embedded prediction: trial_key, seed,
-    group_label, epoch, kind ("checkpoint" or "sample"), x, y."""
+    trajectories of one group (preferring one with samples around its solutions), plus their final
+    ensemble members (subspace samples and endpoints, Fort et al.'s samples, SWA snapshots...). One row per
+    embedded prediction: trial_key, seed, group_label, epoch, kind ("checkpoint" or the members' group:
+    "samples", "random", ...), x, y."""
     from sklearn.manifold import TSNE  # imported here: scikit-learn is slow to import
 
     results = as_results(results)
@@ -123,14 +141,15 @@ def tsne_trajectories(results: Any, max_trials: int = 8, max_examples: int = 100
     keys = counts[counts >= 2].reset_index()
     if keys.empty:
         return pd.DataFrame(columns=cols)
-    trials = with_groups(results.trials, replicate).merge(keys[ID], on=ID)
+    trials = results.trials.merge(keys[ID], on=ID)
     block = traj.merge(trials[ID], on=ID)["block"].mode().iloc[0]  # one test set: the most common
     trials = trials.merge(traj[traj["block"] == block][ID].drop_duplicates(), on=ID)
-    trials = trials.sort_values(["group_label", "seed"]).head(max_trials)
+    members = meta[(meta["member_of"] != "") & (meta["block"] == block)]
+    trials = _pick_trials(trials, max_trials, replicate, prefer=members["trial_key"])
     rows = traj[traj["block"] == block].assign(kind="checkpoint")
     rows = rows.groupby(ID, group_keys=False)[rows.columns.tolist()].apply(
         lambda d: d.iloc[np.unique(np.linspace(len(d) - 1, 0, min(len(d), max_checkpoints)).round().astype(int))])
-    samples = meta[(meta["kind"] == "sample") & (meta["block"] == block)].assign(kind="sample")
+    samples = members.assign(kind=members["member_of"])
     samples = samples[samples["epoch"] == samples.groupby(ID)["epoch"].transform("max")]
     rows = pd.concat([rows, samples]).drop(columns=["seed", "group_label"], errors="ignore")
     rows = rows.merge(trials[ID + ["seed", "group_label"]], on=ID).reset_index(drop=True)
@@ -146,26 +165,39 @@ def tsne_trajectories(results: Any, max_trials: int = 8, max_examples: int = 100
     return rows.assign(x=emb[:, 0], y=emb[:, 1])[cols]
 
 
-def accuracy_vs_diversity(results: Any, probs: Probs | None = None, max_trials: int | None = 64,
+def accuracy_vs_diversity(results: Any, probs: Probs | None = None, max_trials: int | None = None,
+                          late: float = 0.5, budget: int = 50_000_000,
                           replicate: Iterable[str] = REPLICATE) -> pd.DataFrame:
     """For every trial's final main point (the reference) and each other function: its `accuracy`, the
     fraction of test predictions that differ from the reference (`disagreement`), and Fort et al.'s
-    normalised `diversity` = disagreement / (1 - reference accuracy). Sources of the other functions:
-    `checkpoint` (earlier epochs of the trajectory), `sample` and `endpoint` (of the subspace), `seed`
-    (the other seeds of the group). At most max_trials trials (whole groups first, lowest seeds first)
-    are used, which bounds the memory that per-epoch predictions of a large sweep would take."""
+    normalised `diversity` = disagreement / (1 - reference accuracy). Sources of the other functions, named
+    as the ensemble curves' sources: `seeds` (the other seeds' main points), `checkpoints` (earlier epochs
+    of the trajectory, from the last `late` fraction of training: Fort et al. take late checkpoints) and
+    every group of ensemble members the trial recorded (`endpoints`, `samples`, `snapshots`, `members`, and
+    Fort et al.'s `random`, `dropout`, `gaussian`, `pca` samples around the solution). Trials are taken
+    whole groups at a time, groups with the most sources first, while their predicted classes fit in
+    `budget` cells (and at most max_trials trials): this bounds the memory a large sweep would take."""
     results = as_results(results)
     probs = load_core(results) if probs is None else probs
-    cols = ["sweep", "trial_key", "seed", "group_label", "source", "other", "epoch", "accuracy",
-            "disagreement", "diversity", "reference_accuracy"]
-    meta = probs.meta.drop(columns=["group", "group_label"], errors="ignore")
+    cols = ["sweep", "trial_key", "seed", "group", "group_label", "series", "setting", "source", "other", "epoch",
+            "accuracy", "disagreement", "diversity", "reference_accuracy"]
+    names = ["group", "group_label", "series", "setting"]
+    meta = probs.meta.drop(columns=names, errors="ignore")
     if meta.empty:
         return pd.DataFrame(columns=cols)
     trials = with_groups(results.trials, replicate)
-    meta = meta.merge(trials[ID + ["group", "group_label"]], on=ID)
-    if max_trials is not None:
-        keys = meta.drop_duplicates("trial_key").sort_values(["group_label", "seed"])["trial_key"][:max_trials]
-        meta = meta[meta["trial_key"].isin(set(keys))]
+    meta = meta.merge(trials[ID + names + ["series_order"]], on=ID)
+    richness = meta.groupby("group")["member_of"].nunique()
+    cells = meta.groupby("group")["n_examples"].sum()
+    order = sorted(cells.index, key=lambda g: (-richness[g], meta.loc[meta["group"] == g, "series_order"].iloc[0], g))
+    keep, used, n = [], 0, 0
+    for g in order:
+        size = meta.loc[meta["group"] == g, "trial_key"].nunique()
+        if keep and (used + cells[g] > budget or (max_trials is not None and n + size > max_trials)):
+            break
+        keep.append(g)
+        used, n = used + cells[g], n + size
+    meta = meta[meta["group"].isin(set(keep))].drop(columns="series_order")
     # predicted classes and accuracy of every row, once (a few rows at a time: bounded memory)
     pred = np.full((len(meta), int(meta["n_examples"].max())), -1, np.int32)
     acc = np.zeros(len(meta))
@@ -181,13 +213,14 @@ def accuracy_vs_diversity(results: Any, probs: Probs | None = None, max_trials: 
     ref = final_main(meta)
     traj = trajectory(meta)
     out = []
+    members = meta[meta["member_of"] != ""]
     for _, r in ref.iterrows():
-        same = meta["trial_key"] == r["trial_key"]
+        own = members[(members["trial_key"] == r["trial_key"]) & (members["epoch"] == r["epoch"])]
         others = {
-            "checkpoint": traj[(traj["trial_key"] == r["trial_key"]) & (traj["epoch"] < r["epoch"])],
-            "sample": meta[same & (meta["kind"] == "sample") & (meta["epoch"] == r["epoch"])],
-            "endpoint": meta[same & (meta["kind"] == "endpoint") & (meta["epoch"] == r["epoch"])],
-            "seed": ref[(ref["group"] == r["group"]) & (ref["trial_key"] != r["trial_key"])],
+            "seeds": ref[(ref["group"] == r["group"]) & (ref["trial_key"] != r["trial_key"])],
+            "checkpoints": traj[(traj["trial_key"] == r["trial_key"]) & (traj["epoch"] < r["epoch"])
+                                & (traj["epoch"] >= (1 - late) * r["epoch"])],
+            **{g: o for g, o in own.groupby("member_of", sort=True)},
         }
         for source, o in others.items():
             o = o[o["block"] == r["block"]]
@@ -198,9 +231,9 @@ def accuracy_vs_diversity(results: Any, probs: Probs | None = None, max_trials: 
             with np.errstate(divide="ignore", invalid="ignore"):
                 div = dis / (1.0 - r["accuracy"])
             out.append(pd.DataFrame({
-                "sweep": r["sweep"], "trial_key": r["trial_key"], "seed": r["seed"],
-                "group_label": r["group_label"], "source": source,
-                "other": o["trial_key"].to_numpy() if source == "seed" else o["point"].to_numpy(),
+                "sweep": r["sweep"], "trial_key": r["trial_key"], "seed": r["seed"], "group": r["group"],
+                "group_label": r["group_label"], "series": r["series"], "setting": r["setting"], "source": source,
+                "other": o["trial_key"].to_numpy() if source == "seeds" else o["point"].to_numpy(),
                 "epoch": o["epoch"].to_numpy(), "accuracy": o["accuracy"].to_numpy(),
                 "disagreement": dis, "diversity": div, "reference_accuracy": r["accuracy"],
             }))

@@ -1,13 +1,14 @@
 """Ensemble-size curves: accuracy, NLL, ECE and Brier against ensemble size k (probabilities averaged).
 
-Four sources of members:
+Sources of members, found in the data:
 - `seeds`: independently trained models — trials of one group (configs equal except `seed`), each at its
-  main point (`point` for standard training, `center` for a subspace). Each k is scored on random subsets
-  of k seeds (all subsets when there are at most `n_subsets`); cells are mean ± std over those subsets.
-- `samples`: the k first random points sampled from one trained subspace (`sample_<i>` rows);
+  main point (analysis.trials.main_points). Each k is scored on random subsets of k seeds (all subsets
+  when there are at most `n_subsets`); cells are mean ± std over those subsets.
 - `checkpoints`: the k latest checkpoints of one trajectory (per-epoch predictions, `epoch_predictions`);
-- `endpoints`: the k first endpoints of one subspace.
-For the last three, one curve per trial; cells are mean ± std over the trials of a group (its seeds).
+- every ensemble the trainer recorded members of (`member_of`): `endpoints` of a subspace, random
+  `samples` of it, SWA's `snapshots`, MIMO's `members`, and the samples Fort et al. draw around one
+  solution (`random`, `dropout`, `gaussian`, `pca`): the first k members of one trial.
+For all but `seeds`, one curve per trial; cells are mean ± std over the trials of a group (its seeds).
 
 Every ensemble is a weighted sum of member probabilities, so a whole set of ensembles is one matrix
 product: weights (B, M) @ probs (M, N*C). The probabilities of all trials are stacked once
@@ -33,9 +34,11 @@ from threadpoolctl import threadpool_limits
 
 from analysis.metrics import METRICS, scores_class_major
 from analysis.predictions import Probs, final_main, load_core, trajectory
-from analysis.trials import REPLICATE, as_results, label, varying_axes, with_groups
+from analysis.trials import REPLICATE, as_results, varying_axes, with_groups
 
-SOURCES = ("seeds", "samples", "checkpoints", "endpoints")
+# Known sources in display order; any other `member_of` group in the data follows them.
+SOURCES = ("seeds", "checkpoints", "endpoints", "samples", "snapshots", "members", "random", "dropout", "gaussian",
+           "pca")
 _BATCH_BYTES = 8 << 20  # ensembles scored at once: temporaries stay small enough to reuse (and cache)
 
 
@@ -134,6 +137,19 @@ def _same_labels(labels: np.ndarray) -> bool:
     return bool((labels == labels[:1]).all())
 
 
+def sources_in(meta: pd.DataFrame) -> list[str]:
+    """The sources the prediction rows offer, known ones first in SOURCES order (seeds and checkpoints are
+    always offered: whether they have two members shows when they are scored)."""
+    found = set(meta["member_of"]) - {""} if len(meta) else set()
+    return [s for s in SOURCES if s in found or s in ("seeds", "checkpoints")] + sorted(found - set(SOURCES))
+
+
+def source_order(sources: Iterable[str]) -> list[str]:
+    """Sources sorted as SOURCES, unknown ones after them alphabetically."""
+    rank = {s: i for i, s in enumerate(SOURCES)}
+    return sorted(set(sources), key=lambda s: (rank.get(s, len(rank)), s))
+
+
 def _members(probs: Probs, source: str) -> list[tuple[Any, pd.DataFrame]]:
     """(unit, ordered member rows) for each curve: a group for `seeds`, a trial for the others."""
     meta = probs.meta
@@ -142,30 +158,28 @@ def _members(probs: Probs, source: str) -> list[tuple[Any, pd.DataFrame]]:
     if source == "seeds":
         main = final_main(meta)
         return [(g, rows.sort_values("seed")) for g, rows in main.groupby("group", sort=True)]
-    if source in ("samples", "endpoints"):
-        kind = {"samples": "sample", "endpoints": "endpoint"}[source]
-        rows = meta[meta["kind"] == kind]
-        last = rows.groupby(["sweep", "trial_key"])["epoch"].transform("max")
-        rows = rows[rows["epoch"] == last].assign(_i=lambda d: d["point"].map(_index))
-        return [(t, r.sort_values("_i")) for t, r in rows.groupby("trial_key", sort=True)]
-    if source == "checkpoints":  # per-epoch trajectory at the trial's main point, latest first
+    if source == "checkpoints":  # the trajectory of the network the trial validates, latest first
         rows = trajectory(meta)
         return [(t, r.sort_values("epoch", ascending=False)) for t, r in rows.groupby("trial_key", sort=True)]
-    raise ValueError(f"unknown source {source!r} (known: {', '.join(SOURCES)})")
+    rows = meta[meta["member_of"] == source]
+    last = rows.groupby(["sweep", "trial_key"])["epoch"].transform("max")
+    rows = rows[rows["epoch"] == last].assign(_i=lambda d: d["point"].map(_index))
+    return [(t, r.sort_values("_i")) for t, r in rows.groupby("trial_key", sort=True)]
 
 
-def ensemble_values(results: Any, sources: Iterable[str] = SOURCES, n_subsets: int = 10,
+def ensemble_values(results: Any, sources: Iterable[str] | None = None, n_subsets: int = 10,
                     max_points: int = 12, bins: int = 15, seed: int = 0, split: str = "test",
                     replicate: Iterable[str] = REPLICATE, probs: Probs | None = None,
                     workers: int | None = None) -> pd.DataFrame:
     """One row per scored ensemble: sweep, source, group, trial_key and seed (per-trial sources; "" and -1
     for `seeds`), members (M), k, replicate (subset number, or the seed), the four metrics, and the trials
-    and seeds the ensemble draws on. `ensemble_curves` summarises these. workers: threads (default: CPUs)."""
+    and seeds the ensemble draws on. `ensemble_curves` summarises these. sources: default every source the
+    predictions offer (sources_in). workers: threads (default: CPUs)."""
     results = as_results(results)
     trials = results.trials
     trials = with_groups(trials[trials["status"] == "completed"] if "status" in trials else trials, replicate)
-    sources = list(sources)
     probs = load_core(results, split) if probs is None else probs
+    sources = sources_in(probs.meta) if sources is None else list(sources)
     probs = Probs(probs.meta.drop(columns=["group"], errors="ignore")
                   .merge(trials[["sweep", "trial_key", "group"]], on=["sweep", "trial_key"]), probs.probs, probs.labels)
     jobs = []
@@ -213,7 +227,7 @@ def ensemble_values(results: Any, sources: Iterable[str] = SOURCES, n_subsets: i
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=cols)
 
 
-def ensemble_curves(results: Any, sources: Iterable[str] = SOURCES, n_subsets: int = 10,
+def ensemble_curves(results: Any, sources: Iterable[str] | None = None, n_subsets: int = 10,
                     max_points: int = 12, bins: int = 15, seed: int = 0, split: str = "test",
                     replicate: Iterable[str] = REPLICATE, values: pd.DataFrame | None = None,
                     probs: Probs | None = None) -> pd.DataFrame:
@@ -228,7 +242,7 @@ def ensemble_curves(results: Any, sources: Iterable[str] = SOURCES, n_subsets: i
     axes = varying_axes(trials, replicate)
     keys = ["sweep", "source", "group", "k"]
     if values.empty:
-        return pd.DataFrame(columns=keys + ["group_label", *axes, "n", "trials", "seeds"]
+        return pd.DataFrame(columns=keys + ["group_label", "series", "setting", *axes, "n", "trials", "seeds"]
                             + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")])
     g = values.groupby(keys, sort=False)
     agg = g[list(METRICS)].agg(["mean", "std"])
@@ -239,14 +253,10 @@ def ensemble_curves(results: Any, sources: Iterable[str] = SOURCES, n_subsets: i
     agg["trials"] = np.where(per_trial, g["trial_key"].nunique(), g["trials"].max())
     agg["seeds"] = np.where(per_trial, g["seed"].nunique(), g["seeds"].max())
     agg = agg.reset_index()
-    info = trials.drop_duplicates("group").set_index("group")[["group_label", *axes]]
+    info = trials.drop_duplicates("group").set_index("group")[["group_label", "series", "setting", *axes]]
     agg = agg.join(info, on="group")
-    order = {s: i for i, s in enumerate(SOURCES)}
-    agg = agg.sort_values(["sweep", "source", "group_label", "k"], key=lambda c: c.map(order) if c.name == "source"
+    order = {s: i for i, s in enumerate(source_order(agg["source"]))}
+    agg = agg.sort_values(["sweep", "group_label", "source", "k"], key=lambda c: c.map(order) if c.name == "source"
                           else c).reset_index(drop=True)
-    return agg[keys + ["group_label", *axes, "n", "trials", "seeds"]
+    return agg[keys + ["group_label", "series", "setting", *axes, "n", "trials", "seeds"]
                + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]]
-
-
-def curve_label(row: pd.Series, axes: Iterable[str]) -> str:
-    return f"{row['source']}: {label(row, axes)}"

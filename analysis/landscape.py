@@ -2,8 +2,9 @@
 simplex, averaged over seeds.
 
 The contrast line (the barrier between two independently trained standard models) is any trial that
-records α-grid evaluations but is not a subspace method (`method != "subspace"`): the trainer evaluates
-the straight line between its two independently trained endpoints exactly like a line's grid.
+records α-grid evaluations but is not judged by its centre (analysis.trials.barrier_centres: `independent`):
+the trainer evaluates the straight line between its two independently trained endpoints exactly like a
+line's grid.
 """
 
 from __future__ import annotations
@@ -17,15 +18,13 @@ import pandas as pd
 from analysis.load import ID
 from analysis.metrics import METRICS
 from analysis.tables import final_evals, mean_std
-from analysis.trials import REPLICATE, as_results, varying_axes, with_groups
-
-SUBSPACE_METHODS = ("subspace",)
+from analysis.trials import REPLICATE, as_results, barrier_centres, varying_axes, with_groups
 
 
 def alpha_curves(results: Any, split: str = "test", metrics: Sequence[str] = METRICS,
                  replicate: Iterable[str] = REPLICATE) -> pd.DataFrame:
     """Mean ± std over seeds of each metric at each α of every line/curve group (clean test set), with
-    `role` = "subspace" or "independent" (the barrier contrast)."""
+    `role` = "subspace" or "barrier" (the line between separately trained nets)."""
     results = as_results(results)
     ev = final_evals(results, split, "all", clean_only=True)
     ev = ev[ev["alpha"].notna() & ev["kind"].isin(["alpha", "endpoint", "center"])] if len(ev) else ev
@@ -37,7 +36,7 @@ def alpha_curves(results: Any, split: str = "test", metrics: Sequence[str] = MET
     ev = ev.sort_values("_grid").drop_duplicates(ID + ["alpha"], keep="first")
     groups = with_groups(results.trials.merge(ev[ID].drop_duplicates(), on=ID), replicate)
     ev = ev.merge(groups[ID + ["group", "group_label"]], on=ID)
-    ev["role"] = np.where(ev["method"].isin(SUBSPACE_METHODS), "subspace", "independent")
+    ev["role"] = np.where(barrier_centres(ev), "barrier", "subspace")
     out = mean_std(ev, cols, metrics)
     axes = varying_axes(groups, replicate)
     info = groups.drop_duplicates("group").set_index("group")[axes]

@@ -22,12 +22,14 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from analysis.load import ID, NATURAL_KEYS, filesystem
-from analysis.trials import as_results, main_point
+from analysis.trials import as_results, barrier_centres, main_points
 from trainers.schema import SCHEMAS
 
-META = ["epoch", "split", "point", "kind", "n_classes"]
-# What the analyses need: each trial's main point (every recorded epoch), its samples and endpoints.
-CORE = {"points": ["center", "point"], "kinds": ["sample", "endpoint"]}
+META = ["epoch", "split", "point", "kind", "member_of", "n_classes"]
+# Points whose probabilities a trajectory (per-epoch predictions) may be recorded at, besides main points.
+TRAJECTORY_POINTS = ("point", "center")
+# Ensemble members of results written before `member_of` existed: their kind says which ensemble.
+LEGACY_MEMBERS = {"endpoint": "endpoints", "sample": "samples"}
 
 
 @dataclass
@@ -86,10 +88,11 @@ def _row_views(col: pa.ChunkedArray, dtype: type) -> list[np.ndarray]:
 
 def load_probs(results: Any, split: str = "test", points: Iterable[str] | None = None,
                kinds: Iterable[str] | None = None, keep: Callable[[pd.DataFrame], pd.Series] | None = None,
-               final_only: bool = False) -> Probs:
+               final_only: bool = False, members: bool = False) -> Probs:
     """Stack the probabilities of the chosen trials' prediction rows.
 
-    points/kinds: keep rows whose `point` is in `points` or whose `kind` is in `kinds` (both None: all).
+    points/kinds: keep rows whose `point` is in `points` or whose `kind` is in `kinds` (both None: all);
+    members: also every ensemble member (a row with `member_of` set).
     keep: an extra row filter on the meta DataFrame (which has the trials' config columns merged in).
     final_only: keep only each trial's last epoch (per point).
     """
@@ -106,7 +109,12 @@ def load_probs(results: Any, split: str = "test", points: Iterable[str] | None =
         mask = pc.and_(pc.equal(b["split"], split), pc.is_in(b["trial_key"], value_set=key_set))
         if point_set is not None or kind_set is not None:
             sel = [pc.is_in(b[c], value_set=v) for c, v in (("point", point_set), ("kind", kind_set)) if v is not None]
-            mask = pc.and_(mask, sel[0] if len(sel) == 1 else pc.or_(sel[0], sel[1]))
+            if members:
+                sel.append(pc.fill_null(pc.not_equal(b["member_of"], ""), False))
+            any_of = sel[0]
+            for more in sel[1:]:
+                any_of = pc.or_(any_of, more)
+            mask = pc.and_(mask, any_of)
         return pc.fill_null(mask, False)
 
     table = _scan(results.root, wanted, cols)
@@ -114,7 +122,9 @@ def load_probs(results: Any, split: str = "test", points: Iterable[str] | None =
     meta = table.select(ID + META).to_pandas()
     meta["_pos"] = np.arange(len(meta))
     meta["n_examples"] = pc.list_value_length(table["labels"]).to_numpy(zero_copy_only=False)
-    meta = meta.merge(trials, on=ID, how="inner", suffixes=("", "_trial")).sort_values("_pos")
+    meta = meta.merge(trials.assign(main_point=main_points(trials)), on=ID, how="inner",
+                      suffixes=("", "_trial")).sort_values("_pos")
+    meta["member_of"] = member_groups(meta)
     meta = meta.drop_duplicates(ID + NATURAL_KEYS["predictions"], keep="last")
     if final_only and len(meta):
         last = meta.groupby(ID + ["point"])["epoch"].transform("max")
@@ -131,21 +141,44 @@ def load_probs(results: Any, split: str = "test", points: Iterable[str] | None =
 
 
 def load_core(results: Any, split: str = "test") -> Probs:
-    """The prediction rows every analysis here uses (CORE), loaded once and shared."""
-    return load_probs(results, split=split, **CORE)
+    """The prediction rows every analysis here uses, loaded once and shared: each trial's main point (every
+    recorded epoch), the points trajectories are recorded at, and every ensemble member."""
+    results = as_results(results)
+    trials = results.trials
+    mains = set(main_points(trials)) if len(trials) else set()
+    return load_probs(results, split=split, points=sorted(mains | set(TRAJECTORY_POINTS)),
+                      kinds=list(LEGACY_MEMBERS), members=True)
+
+
+def member_groups(meta: pd.DataFrame) -> pd.Series:
+    """The ensemble each row is a member of ("" for none): `member_of`, or for rows written before that
+    column existed, what their kind says (endpoint -> endpoints, sample -> samples)."""
+    legacy = meta["kind"].map(LEGACY_MEMBERS).fillna("")
+    if "member_of" not in meta:
+        return legacy
+    return meta["member_of"].where(meta["member_of"].notna(), legacy).astype(str)
 
 
 def final_main(meta: pd.DataFrame) -> pd.DataFrame:
-    """Each trial's main point (`point` for standard training, `center` for a subspace) at its last epoch."""
+    """Each trial's main point (trials.main_points: `point`, `center`, `swa`, `ensemble_endpoints`, ...) at
+    its last epoch."""
     if meta.empty:
         return meta
-    rows = meta[meta["point"] == meta["shape"].map(main_point)]
+    rows = meta[meta["point"] == main_points(meta)]
     last = rows.groupby(ID)["epoch"].transform("max")
     return rows[rows["epoch"] == last]
 
 
 def trajectory(meta: pd.DataFrame) -> pd.DataFrame:
-    """Per-epoch rows at each trial's main point (the trainer records `center` every epoch when
-    epoch_predictions is on; standard training's final row is `point`): one row per trial and epoch."""
-    rows = meta[meta["point"].isin(["center", "point"])]
-    return rows.sort_values(["epoch", "point"]).drop_duplicates(ID + ["epoch"], keep="first")
+    """One row per trial and epoch: the network the trainer validates every epoch (`epoch_predictions`), at
+    the point where its per-epoch predictions are recorded, with the final evaluation of that point as the
+    last epoch. A `center` trajectory counts only for a trial judged by its centre: the centre of
+    separately trained endpoints (`independent`) is the barrier between them, not a network."""
+    if meta.empty:
+        return meta
+    last = meta.groupby(ID)["epoch"].transform("max")
+    early = meta[meta["epoch"] < last]
+    where = early.groupby(ID)["point"].first().rename("_at").reset_index()
+    rows = meta.merge(where, on=ID)
+    rows = rows[(rows["point"] == rows["_at"]) & ~((rows["point"] == "center") & barrier_centres(rows))]
+    return rows.drop(columns="_at").sort_values("epoch").drop_duplicates(ID + ["epoch"], keep="first")

@@ -15,40 +15,22 @@ experiment named after the sweep.
 from __future__ import annotations
 
 import argparse
-import html
 import os
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pyarrow.fs as pafs
 
-from analysis import calibration, corruptions, diversity, ensembles, landscape, plots, tables
 from analysis.load import Results, filesystem, load
-from analysis.predictions import load_core
-from analysis.tables import Table
-from analysis.trials import caption, select, with_groups
+from analysis.page import write_html
+from analysis.sections import SECTIONS, Context, Item, Section
+from analysis.trials import caption, select
 
+__all__ = ["SECTIONS", "Item", "Section", "SweepReport", "build_report", "results_folders", "write_html"]
 SWEEP_TAG = ("basin.role", "sweep")  # the orchestrator's parent run of a sweep carries this tag
-
-
-@dataclass
-class Item:
-    """One figure or table of the report; `skipped` says why it is absent."""
-
-    kind: str                      # "figure" | "table"
-    name: str
-    title: str
-    caption: str = ""
-    files: list[Path] = field(default_factory=list)
-    skipped: str = ""
-    note: str = ""
-    table: Table | None = None
 
 
 @dataclass
@@ -86,162 +68,11 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "sweep"
 
 
-def _used(trials: pd.DataFrame, keys: Any = None, groups: Any = None) -> pd.DataFrame:
-    """The trials a figure summarises: given trial keys and/or whole groups."""
-    sel = pd.Series(False, index=trials.index)
-    if keys is not None:
-        sel |= trials["trial_key"].isin(set(keys))
-    if groups is not None:
-        sel |= trials["group"].isin(set(groups))
-    return trials[sel]
-
-
-class _Builder:
-    """Builds one sweep's items; every analysis reads the predictions loaded once here."""
-
-    def __init__(self, view: Any, folder: Path, hue: str | None, bins: int, n_subsets: int, max_points: int,
-                 seed: int):
-        self.view, self.folder, self.hue, self.bins = view, folder, hue, bins
-        self.n_subsets, self.max_points, self.seed = n_subsets, max_points, seed
-        self.trials = with_groups(view.trials)
-        self.probs = load_core(view)
-        self.items: list[Item] = []
-
-    def figure(self, name: str, title: str, cap: str, make: Callable[[], Any], note: str = "") -> None:
-        fig = make()
-        files = plots.save(fig, self.folder / "figures" / name)
-        self.items.append(Item("figure", name, title, cap, [f.relative_to(self.folder) for f in files], note=note))
-
-    def table(self, t: Table, note: str = "") -> None:
-        d = self.folder / "tables"
-        d.mkdir(parents=True, exist_ok=True)
-        t.data.to_csv(d / f"{t.name}.csv", index=False)
-        (d / f"{t.name}.md").write_text(t.markdown() + "\n")
-        self.items.append(Item("table", t.name, t.title, t.caption,
-                               [Path("tables") / f"{t.name}.csv", Path("tables") / f"{t.name}.md"],
-                               note=note, table=t))
-
-    def skip(self, kind: str, name: str, title: str, why: str) -> None:
-        self.items.append(Item(kind, name, title, skipped=why))
-
-    # -- the analyses ---------------------------------------------------------------------------------
-    def ensemble_curves(self) -> None:
-        title = "Ensemble size: accuracy, NLL, ECE, Brier against k"
-        values = ensembles.ensemble_values(self.view, n_subsets=self.n_subsets, max_points=self.max_points,
-                                           bins=self.bins, seed=self.seed, probs=self.probs)
-        if values.empty:
-            why = "no group with 2+ seeds and no trial with 2+ samples, endpoints or checkpoints"
-            self.skip("figure", "ensemble_curves", title, why)
-            self.skip("table", "ensemble_curves", title, why)
-            return
-        curves = ensembles.ensemble_curves(self.view, values=values)
-        missing = [s for s in ensembles.SOURCES if s not in set(values["source"])]
-        note = f"not available in this sweep: {', '.join(missing)}" if missing else ""
-        cap = caption(_used(self.trials, values["trial_key"], values.loc[values["source"] == "seeds", "group"]))
-        self.figure("ensemble_curves", title, cap, lambda: plots.ensemble_curves(curves, cap, self.hue), note)
-        means = [c for c in curves if c.endswith("_mean")]
-        cells = curves.assign(**{c: [tables.fmt_mean_std(m, s, c.removesuffix("_mean")) for m, s in
-                                     zip(curves[c], curves[c.replace("_mean", "_std")], strict=True)]
-                                 for c in means})
-        cells = cells.set_index(["source", "group_label", "k"])[[c for c in curves if c.endswith("_mean")]]
-        cells.columns = [tables.unit(c.removesuffix("_mean")) for c in cells.columns]
-        self.table(Table("ensemble_curves", title, cap + " · mean ± std over random subsets (seeds) or seeds",
-                         curves.drop(columns=["group"]), [tables.View("", cells)]), note)
-
-    def robustness(self) -> None:
-        t = tables.robustness_table(self.view)
-        if t.empty:
-            self.skip("table", "robustness", "Robustness", "no test evaluations")
-        else:
-            self.table(t)
-
-    def calibration(self) -> None:
-        t = calibration.calibration_table(self.view)
-        if t.empty:
-            self.skip("table", "calibration", "Calibration", "no clean test evaluations")
-        else:
-            self.table(t)
-        title = "Reliability diagrams"
-        rel = calibration.reliability_curves(self.view, self.bins, probs=self.probs)
-        if rel.empty:
-            self.skip("figure", "reliability", title, "no saved test predictions (save_predictions)")
-            return
-        cap = caption(_used(self.trials, groups=rel["group"]))
-        self.figure("reliability", title, cap, lambda: plots.reliability(rel, cap))
-        self.table(tables.simple_table("reliability", title, cap, rel.drop(columns=["group"]),
-                                       rel.set_index(["group_label", "bin"])[["count", "confidence", "accuracy"]]
-                                       .round(4)))
-
-    def landscape(self) -> None:
-        title = "Accuracy and loss along α (lines and curves) and the barrier between independent models"
-        a = landscape.alpha_curves(self.view)
-        if a.empty:
-            self.skip("figure", "landscape_alpha", title, "no line or curve trials with α-grid evaluations")
-        else:
-            cap = caption(_used(self.trials, groups=a["group"]))
-            note = "" if (a["role"] == "independent").any() else \
-                "barrier line absent: no independently trained pair of standard models in this sweep"
-            self.figure("landscape_alpha", title, cap, lambda: plots.alpha_curves(a, cap), note)
-            cells = a.pivot_table(index=["role", "group_label"], columns="alpha", values="accuracy_mean")
-            cells.columns = [f"α={c:g}" for c in cells.columns]
-            self.table(tables.simple_table("landscape_alpha", "Test accuracy (%) along α", cap,
-                                           a.drop(columns=["group"]), (100 * cells).round(2)), note)
-        title = "Simplex (m = 3) heat map"
-        s = landscape.simplex_grid(self.view)
-        if s.empty:
-            self.skip("figure", "landscape_simplex", title, "no simplex trials with 3 endpoints")
-            return
-        cap = caption(_used(self.trials, groups=s["group"]))
-        self.figure("landscape_simplex", title, cap, lambda: plots.simplex(s, cap))
-        self.table(tables.simple_table("landscape_simplex", "Test accuracy over the m = 3 simplex", cap,
-                                       s.drop(columns=["group"]),
-                                       s.set_index(["group_label", "c0", "c1", "c2"])[["accuracy_mean", "n"]]
-                                       .round(4)))
-
-    def diversity(self) -> None:
-        title = "Cosine similarity of weights across checkpoints and seeds"
-        w = diversity.weight_similarity(self.view)
-        if w.empty:
-            self.skip("figure", "weights_cosine", title, "no weights recorded (set weight_projection > 0)")
-        else:
-            cap = caption(_used(self.trials, w.index.get_level_values("trial_key")))
-            self.figure("weights_cosine", title, cap,
-                        lambda: plots.matrix(w, title, cap, "cosine similarity", "viridis", None, 1.0))
-        title = "Prediction disagreement across checkpoints and seeds"
-        d = diversity.prediction_disagreement(self.view, probs=self.probs)
-        if d.empty:
-            self.skip("figure", "prediction_disagreement", title,
-                      "no per-epoch predictions (set epoch_predictions: true)")
-        else:
-            cap = caption(_used(self.trials, d.index.get_level_values("trial_key")))
-            self.figure("prediction_disagreement", title, cap,
-                        lambda: plots.matrix(d, title, cap, "fraction of test labels that differ", "magma", 0.0))
-        title = "t-SNE of prediction trajectories"
-        t = diversity.tsne_trajectories(self.view, probs=self.probs, seed=self.seed)
-        if t.empty:
-            self.skip("figure", "tsne_trajectories", title,
-                      "fewer than 3 checkpoints with predictions (set epoch_predictions: true)")
-        else:
-            cap = caption(_used(self.trials, t["trial_key"]))
-            self.figure("tsne_trajectories", title, cap, lambda: plots.tsne(t, cap))
-        title = "Accuracy against diversity"
-        a = diversity.accuracy_vs_diversity(self.view, probs=self.probs)
-        if a.empty:
-            self.skip("figure", "accuracy_vs_diversity", title,
-                      "no trial with a second function to compare (seeds, samples, endpoints or checkpoints)")
-            return
-        cap = caption(_used(self.trials, a["trial_key"]))
-        self.figure("accuracy_vs_diversity", title, cap, lambda: plots.accuracy_vs_diversity(a, cap))
-        summary = a.groupby(["group_label", "source"]).agg(
-            pairs=("accuracy", "size"), accuracy=("accuracy", "mean"), disagreement=("disagreement", "mean"),
-            diversity=("diversity", "mean")).round(4)
-        self.table(tables.simple_table("accuracy_vs_diversity", title, cap + " · means over pairs", a, summary))
-
-
 def build_report(results: str | Results, out: str | Path, hue: str | None = None, bins: int | None = None,
-                 n_subsets: int = 10, max_points: int = 12, seed: int = 0,
-                 sweeps: list[str] | None = None) -> list[SweepReport]:
-    """Write the report folder and return what it holds. `bins` defaults to the trials' `ece_bins`."""
+                 n_subsets: int = 10, max_points: int = 12, seed: int = 0, sweeps: list[str] | None = None,
+                 sections: list[Section] | None = None, check_layout: bool = False) -> list[SweepReport]:
+    """Write the report folder and return what it holds. `bins` defaults to the trials' `ece_bins`;
+    `sections` to analysis.sections.SECTIONS; check_layout records plots.layout_problems on each figure."""
     out = Path(out)
     sources = [results] if isinstance(results, Results) else [load(f) for f in results_folders(str(results))]
     reports: list[SweepReport] = []
@@ -265,53 +96,15 @@ def build_report(results: str | Results, out: str | Path, hue: str | None = None
                 reports.append(rep)
                 continue
             b = bins or (int(view.trials["ece_bins"].mode().iloc[0]) if "ece_bins" in view.trials else 15)
-            builder = _Builder(view, rep.folder, hue, b, n_subsets, max_points, seed)
-            for step in (builder.ensemble_curves, builder.robustness, builder.calibration, builder.landscape,
-                         builder.diversity, partial(corruptions.report_section, builder)):
-                step()
-            rep.items = builder.items
+            ctx = Context(view, rep.folder, b, n_subsets, max_points, seed, hue, check_layout)
+            for section in SECTIONS if sections is None else sections:
+                ctx.section = section.id
+                section.build(ctx)
+            rep.items = ctx.items
             write_html(rep.folder / "index.html", [rep], prefix="")
             reports.append(rep)
     write_html(out / "index.html", reports, prefix=None)
     return reports
-
-
-_CSS = """body{font-family:sans-serif;max-width:1200px;margin:1em auto;padding:0 1em;color:#222}
-img{max-width:100%;border:1px solid #ddd} table{border-collapse:collapse;font-size:13px;margin:.5em 0}
-td,th{border:1px solid #ccc;padding:2px 6px;text-align:right} th{background:#f4f4f4}
-.cap{color:#555;font-size:13px} .skip{color:#a60} section{margin-bottom:2em}"""
-
-
-def write_html(path: Path, reports: list[SweepReport], prefix: str | None) -> None:
-    """index.html listing every figure (PNG inline, SVG linked) and table (inline, CSV/Markdown linked);
-    prefix None: links go through each sweep's folder (the top-level index)."""
-    e = html.escape
-    body = [f"<h1>basin report</h1><p class=cap>{e(time.strftime('%Y-%m-%d %H:%M'))} · "
-            f"{len(reports)} sweep(s)</p>"]
-    if not reports:
-        body.append("<p class=skip>No trials found.</p>")
-    for rep in reports:
-        pre = f"{rep.folder.name}/" if prefix is None else prefix
-        body.append(f"<section><h2>sweep {e(rep.sweep or '(unnamed)')}</h2><p class=cap>{e(rep.summary)} · "
-                    f"from {e(rep.source)}</p>")
-        for it in rep.items:
-            if it.skipped:
-                body.append(f"<h3>{e(it.title)}</h3><p class=skip>{e(it.kind)} {e(it.name)} skipped: "
-                            f"{e(it.skipped)}</p>")
-                continue
-            body.append(f"<h3>{e(it.kind.capitalize())}: {e(it.title)}</h3><p class=cap>{e(it.caption)}</p>")
-            if it.note:
-                body.append(f"<p class=skip>{e(it.note)}</p>")
-            links = " · ".join(f"<a href='{e(pre + str(f))}'>{e(f.suffix[1:])}</a>" for f in it.files)
-            if it.kind == "figure":
-                png = next(f for f in it.files if f.suffix == ".png")
-                body.append(f"<p><img src='{e(pre + str(png))}' alt='{e(it.name)}'></p><p class=cap>{links}</p>")
-            else:
-                body.append((it.table.html() if it.table else "") + f"<p class=cap>{links}</p>")
-        body.append("</section>")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>basin report</title>"
-                    f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
 # -- MLflow -----------------------------------------------------------------------------------------------

@@ -69,14 +69,15 @@ def write_folder(root: Path, n_trials: int, n: int, c: int, layout: str, seed: i
         values = pa.array(p.ravel(), pa.float32())
         preds = pa.Table.from_arrays([
             pa.array([SWEEP]), pa.array([key]), pa.array([0], pa.int32()), pa.array([cfg.epochs], pa.int32()),
-            pa.array(["test"]), pa.array([point]), pa.array(["center"]), pa.array([c], pa.int32()),
+            pa.array(["test"]), pa.array([point]), pa.array(["center"]), pa.array([""]), pa.array([c], pa.int32()),
             pa.ListArray.from_arrays(pa.array([0, n * c], pa.int32()), values),
             pa.ListArray.from_arrays(pa.array([0, n], pa.int32()), pa.array(labels, pa.int32())),
         ], schema=SCHEMAS["predictions"])
         evals = [dict(idn, epoch=cfg.epochs, split=s, point=pt, kind="center", members=1, accuracy=a,
                       nll=1 - a, brier=1 - a, ece=0.05 + 0.1 * rng.random(), corruption="", severity=0)
                  for s, pt, a in (("test", point, acc), ("val", point, acc), ("test", "endpoint_0", acc - 0.01))]
-        trial = trial_row(cfg.to_dict(), name=key, status="completed", error="", seconds=1.0, **idn)
+        trial = trial_row(cfg.to_dict(), name=key, status="completed", error="", seconds=1.0, main_point=point,
+                          main_ensemble="" if cfg.shape == "point" else "ensemble_endpoints", **idn)
         batch["predictions"].append(preds)
         batch["evals"].append(to_arrow("evals", evals))
         batch["trials"].append(to_arrow("trials", [trial]))

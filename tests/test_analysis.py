@@ -200,7 +200,8 @@ def test_robustness_table_cells(tmp_path: Path):
     md = t.markdown()
     assert "**94.00 ± 1.41**" in md and "80.00 ± 1.41" in md and "**82.00 ± 2.83**" in md
     assert "sweep fx · 8 trials · 2 seeds" in md
-    assert list(t.views[0].cells.columns) == ["label_noise=0", "label_noise=0.2"]
+    assert list(t.views[0].cells.columns) == ["accuracy (%) · label_noise=0", "accuracy (%) · label_noise=0.2",
+                                              "ece (%) · label_noise=0", "ece (%) · label_noise=0.2"]
 
 
 def test_separately_trained_pairs_are_judged_by_their_ensemble(tmp_path: Path):
@@ -218,7 +219,8 @@ def test_robustness_with_corruptions(tmp_path: Path):
             ev("point", accuracy=0.9, ece=0.1), ev("point", accuracy=0.5 + 0.1 * seed, ece=0.3,
                                                    corruption="snow", severity=3)])
     t = tables.robustness_table(tmp_path)
-    assert list(t.views[0].cells.columns) == ["label_noise=0 · clean", "label_noise=0 · snow-3"]
+    assert list(t.views[0].cells.columns)[:2] == ["accuracy (%) · label_noise=0 · clean",
+                                                  "accuracy (%) · label_noise=0 · snow-3"]
     snow = t.data[(t.data["corruption"] == "snow") & (t.data["metric"] == "accuracy")]
     assert snow["mean"].iloc[0] == pytest.approx(0.55)
 
@@ -249,7 +251,7 @@ def test_alpha_curves_with_barrier_and_simplex(tmp_path: Path):
     sub = a[a["role"] == "subspace"].set_index("alpha")
     assert sub.loc[0.5, "accuracy_mean"] == pytest.approx(0.905)  # grid row, not the center row
     assert sub.loc[0.0, "n"] == 2
-    ind = a[a["role"] == "independent"].set_index("alpha")
+    ind = a[a["role"] == "barrier"].set_index("alpha")
     assert ind.loc[0.5, "accuracy_mean"] == pytest.approx(0.5)
     s = landscape.simplex_grid(tmp_path)
     assert len(s) == 4
@@ -274,9 +276,9 @@ def test_diversity_from_parquet(tmp_path: Path):
     assert list(w.index.get_level_values("epoch")) == [1, 2, 1, 2]
     avd = diversity.accuracy_vs_diversity(tmp_path).set_index(["seed", "source"])
     # seed 0 final (acc 0.75) vs its epoch 1 (acc 1.0): 1 of 4 differs -> diversity 0.25 / 0.25
-    assert avd.loc[(0, "checkpoint"), "disagreement"] == pytest.approx(0.25)
-    assert avd.loc[(0, "checkpoint"), "diversity"] == pytest.approx(1.0)
-    assert avd.loc[(0, "seed"), "accuracy"] == pytest.approx(0.25)  # seed 1's final
+    assert avd.loc[(0, "checkpoints"), "disagreement"] == pytest.approx(0.25)
+    assert avd.loc[(0, "checkpoints"), "diversity"] == pytest.approx(1.0)
+    assert avd.loc[(0, "seeds"), "accuracy"] == pytest.approx(0.25)  # seed 1's final
     emb = diversity.tsne_trajectories(tmp_path)
     assert len(emb) == 4 and emb[["x", "y"]].notna().all().all()
 
@@ -290,7 +292,7 @@ def test_report_skips_missing_data_and_says_so(two_seeds: Path, tmp_path: Path):
     made = {i.name for i in rep.items if not i.skipped}
     assert {"ensemble_curves", "robustness", "calibration", "reliability"} <= made
     page = (out / "index.html").read_text()
-    assert "skipped: no simplex trials with 3 endpoints" in page
+    assert "skipped, no simplex trials with 3 endpoints" in page
     assert "weight_projection" in page
     assert (out / "fx" / "figures" / "ensemble_curves.svg").stat().st_size > 0
 
@@ -307,7 +309,7 @@ def test_several_sweeps_and_folders(tmp_path: Path):
     assert "sweep s3 · 1 trial · 1 seed" in reps[2].summary
     assert (tmp_path / "out" / "s3" / "tables" / "robustness.md").exists()
     page = (tmp_path / "out" / "index.html").read_text()
-    assert page.count("<section>") == 3
+    assert page.count("<section id='sweep-") == 3
 
 
 def test_cli(two_seeds: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):

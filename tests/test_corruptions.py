@@ -278,9 +278,9 @@ def test_trials_write_corruption_rows_and_the_report_shows_them(tmp_path):
     (rep,) = build_report(str(root), out)
     table = rep.get("corruptions", "table")
     md = (out / "tiny" / "tables" / "corruptions.md").read_text()
-    assert "snow-1" in md and "contrast-3" in md and "shape=line, endpoints=2 · ensemble_endpoints" in md
+    assert "snow-1" in md and "contrast-3" in md and "Line · ensemble_endpoints" in md
     data = pd.read_csv(out / "tiny" / "tables" / "corruptions.csv")
-    point = data["series"] == "shape=point, endpoints=1 · point"
+    point = data["series"] == "Standard · point"
     cell = data[point & (data["corruption"] == "snow") & (data["severity"] == 3)]
     snow3 = ev[(ev["point"] == "point") & (ev["corruption"] == "snow") & (ev["severity"] == 3)]["accuracy"]
     assert cell["accuracy_mean"].item() == pytest.approx(snow3.mean()) and cell["seeds"].item() == 2

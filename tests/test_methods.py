@@ -343,3 +343,14 @@ def test_a_field_at_its_default_leaves_trial_keys_unchanged():
     assert cfg.key() == hashlib.sha1(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:16]
     assert make_config({"shape": "simplex", "endpoints": 4, "seed": 3, "swa_lr": 0.3}).key() == cfg.key()
     assert make_config({"shape": "simplex", "endpoints": 4, "seed": 3, "samplers": "pca"}).key() != cfg.key()
+
+
+def test_independent_trials_validate_and_stop_early_at_their_endpoint_ensemble_not_the_barrier():
+    tables = run_trial(make_config({**FAST, "method": "independent", "shape": "line", "early_stop": True,
+                                    "epoch_predictions": True}))
+    val = {e["point"]: e for e in tables["evals"] if e["split"] == "val"}
+    assert tables["epochs"][-1]["val_acc"] == pytest.approx(val["ensemble_endpoints"]["accuracy"])
+    assert tables["epochs"][-1]["val_acc"] != pytest.approx(val["center"]["accuracy"])  # the barrier is worse
+    assert not any(e["kind"] == "sample" for e in tables["evals"])  # no "samples" on the barrier line
+    assert {p["point"] for p in tables["predictions"] if p["epoch"] < 6} == {"ensemble_endpoints"}  # trajectory
+    assert val["early_stop"]["accuracy"] >= val["center"]["accuracy"]

@@ -112,9 +112,9 @@ def early_stop(method: Method, state: dict[str, torch.Tensor],
 
 def sample(kind: str, cfg: TrialConfig, method: Method, trajectory: samplers.Trajectory | None,
            xs: dict[str, torch.Tensor], d: Data, g: torch.Generator) -> list[tuple[Point, dict[str, torch.Tensor]]]:
-    """`ensemble_samples` samples of one sampler around the solution (its validation point), each kept only
+    """`ensemble_samples` samples of one sampler around the solution (method.solution()), each kept only
     when its validation accuracy reaches `sampler_floor`; at most MAX_DRAWS times as many draws."""
-    w = method.flat(method.val_point()).detach()
+    w = method.flat(method.solution()).detach()
     out: list[tuple[Point, dict[str, torch.Tensor]]] = []
     for _ in range(MAX_DRAWS * cfg.ensemble_samples):
         if len(out) == cfg.ensemble_samples:

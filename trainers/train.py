@@ -177,7 +177,7 @@ class Run:
                     epoch=epoch, split="test", point=vp.name, kind=vp.kind, n_classes=d.classes,
                     probs=probs["test"].cpu(), labels=d.test_y.int().cpu()))
         if self.trajectory is not None:
-            self.trajectory.add(method.flat(method.val_point()))
+            self.trajectory.add(method.flat(method.solution()))
         if cfg.weight_projection:
             self.records["weights"] += weight_rows(cfg, method, epoch)
         seconds = time.time() - self.t0

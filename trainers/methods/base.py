@@ -139,9 +139,14 @@ class Method(nn.Module):
     def points(self, g: torch.Generator) -> list[Point]:
         raise NotImplementedError
 
+    def solution(self) -> Point:
+        """The one network that stands for the trial where one is needed: Fort's samplers draw around it and
+        their trajectory records it (the validation point, unless that is an ensemble)."""
+        return self.val_point()
+
     def weight_points(self) -> list[Point]:
         """Points whose weights the `weights` table records (a random projection per epoch)."""
-        return [self.val_point()]
+        return [self.solution()]
 
     def flat(self, point: Point) -> torch.Tensor:
         """The flat weights of a point."""

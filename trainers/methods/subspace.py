@@ -34,10 +34,13 @@ class SubspaceMethod(Method):
         return Step(loss.detach(), reg.detach(), (logits.argmax(1) == y).sum(), len(y))
 
     # -- evaluation -------------------------------------------------------------------------------------
-    def val_point(self) -> Point:
+    def center(self) -> Point:
         line = self.cfg.shape in ("line", "curve")
         return Point("point" if self.cfg.shape == "point" else "center", "center", self.sub.center(),
                      alpha=0.5 if line else None)
+
+    def val_point(self) -> Point:
+        return self.center()
 
     def endpoints(self) -> list[Point]:
         line = self.cfg.shape in ("line", "curve")
@@ -49,8 +52,8 @@ class SubspaceMethod(Method):
         random points of the subspace (ensembled as `ensemble_samples`)."""
         cfg, sub = self.cfg, self.sub
         if cfg.shape == "point":
-            return [self.val_point()]
-        pts = [*self.endpoints(), self.val_point()]
+            return [self.center()]
+        pts = [*self.endpoints(), self.center()]
         if cfg.shape in ("line", "curve"):
             grid = [i / (cfg.alpha_grid - 1) for i in range(cfg.alpha_grid)]
             pts += [Point(f"alpha_{a:.2f}", "alpha", sub.at_alpha(a), alpha=a) for a in grid]
@@ -64,4 +67,4 @@ class SubspaceMethod(Method):
         return pts
 
     def weight_points(self) -> list[Point]:
-        return [self.val_point()] if self.cfg.shape == "point" else [*self.endpoints(), self.val_point()]
+        return [self.center()] if self.cfg.shape == "point" else [*self.endpoints(), self.center()]
