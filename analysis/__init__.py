@@ -24,6 +24,7 @@ _LAZY = {
     "tsne_trajectories": "analysis.diversity", "accuracy_vs_diversity": "analysis.diversity",
     "reliability_curves": "analysis.calibration", "load_probs": "analysis.predictions",
     "select": "analysis.trials", "build_report": "analysis.report",
+    "cell_maps": "analysis.patterns", "colour_gaps": "analysis.patterns", "gap_curves": "analysis.patterns",
 }
 
 __all__ = ["Results", "load", *_LAZY]

@@ -116,6 +116,10 @@ class Method(nn.Module):
     def points(self, g: torch.Generator) -> list[Point]:
         raise NotImplementedError
 
+    def extra_evals(self, epoch: int) -> list[dict]:
+        """evals rows beyond the points, computed by the method itself (MPO: its plane's heat maps)."""
+        return []
+
     def weight_points(self) -> list[Point]:
         """Points whose weights the `weights` table records (a random projection per epoch)."""
         return [self.val_point()]
