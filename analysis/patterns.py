@@ -157,7 +157,10 @@ def gap_figure(curves: pd.DataFrame, caption: str) -> Figure:
 
 # -- the report section -----------------------------------------------------------------------------------
 def section(b: Any) -> None:
-    """Figures and tables of the report (analysis/report.py's builder `b`)."""
+    """Figures and tables of the report (analysis/report.py's builder `b`); nothing for a sweep without mpo
+    trials."""
+    if "method" not in b.trials or not (b.trials["method"] == "mpo").any():
+        return
     title = "Loss patterns: fitted heat maps beside their targets"
     cells = cell_maps(b.view)
     if cells.empty:

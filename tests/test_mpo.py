@@ -15,6 +15,7 @@ import analysis
 from trainers import data as datasets
 from trainers import methods, patterns
 from trainers.config import ConfigError, make_config
+from trainers.results import load_state
 from trainers.train import run_trial
 
 MPO = dict(method="mpo", shape="point", preset="loss_patterns", dataset="digits", batch_size=64, mpo_cells=6,
@@ -175,6 +176,20 @@ def test_bad_patterns_get_one_line_errors_before_anything_runs(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "flat.pbm" in out.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path):
+    from test_train import Interrupt, StopAfter
+
+    cfg = make_config({**MPO, "model": "mlp", "width": 2, "epochs": 2, "eval_every": 1, "mpo_margin": 0})
+    whole = run_trial(cfg)
+    with pytest.raises(Interrupt):
+        run_trial(cfg, StopAfter(tmp_path, 1))
+    resumed = run_trial(cfg, resume=load_state(tmp_path / "checkpoints" / "k.pt"))
+    for table in ("epochs", "evals"):
+        drop = ("seconds", "samples_per_s", "coords")
+        assert [{k: v for k, v in r.items() if k not in drop} for r in resumed[table]] == \
+            [{k: v for k, v in r.items() if k not in drop} for r in whole[table]], table
 
 
 def test_a_small_icon_fitted_on_digits_separates_its_colours():
