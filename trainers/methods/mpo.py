@@ -22,6 +22,7 @@ kind "colour") and their difference (point "gap", kind "gap": black − white, p
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -55,7 +56,7 @@ class PlaneBatchNorm(nn.Module):
         return F.batch_norm(x, None, None, self.weight + GAMMA_OFFSET, self.bias, True, 0.0, self.eps)
 
 
-def plane_model(make: Any) -> nn.Module:
+def plane_model(make: Callable[[], nn.Module]) -> nn.Module:
     """A fresh network for one of the plane's vectors: BatchNorm layers become PlaneBatchNorm, and every
     conv/linear weight is Xavier-initialised (normal), as in the paper; biases keep their own init."""
     model = make()
@@ -155,26 +156,26 @@ class MPO(Method):
         return [self.origin()]
 
     @torch.no_grad()
-    def cell_probs(self, xy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """(cells, examples, classes) probabilities. Batches of about batch_size examples, evenly split,
-        since BatchNorm uses each batch's own statistics as in training."""
+    def cell_metrics(self, xy: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> list[dict[str, float]]:
+        """Metrics of each cell on (x, y), `mpo_chunk` cells at a time. Examples go in batches of about
+        batch_size (evenly split), since BatchNorm uses each batch's own statistics, as in training."""
         self.eval()
         batches = torch.tensor_split(x, max(1, math.ceil(len(x) / self.cfg.batch_size)))
         chunk = self.cfg.mpo_chunk or len(xy)
         out = []
         for i in range(0, len(xy), chunk):
-            cells = xy[i:i + chunk]
-            out.append(torch.cat([self.cell_logits(cells, b).float().softmax(-1) for b in batches], 1))
-        return torch.cat(out)
+            probs = torch.cat([self.cell_logits(xy[i:i + chunk], b).float().softmax(-1) for b in batches], 1)
+            out += [classification_metrics(p, y, self.cfg.ece_bins) for p in probs]
+        return out
 
     def extra_evals(self, epoch: int) -> list[dict[str, Any]]:
         """Heat maps of the plane: every cell of the grown grid on train and test examples, each colour's
         mean over the picture's cells, and the gap black − white."""
         c, d = self.cfg, self.data
-        m = c.mpo_margin
-        x, y = patterns.cell_xy(self.black.shape, m)
+        margin, (h, w) = c.mpo_margin, self.black.shape
+        x, y = patterns.cell_xy((h, w), margin)
         colour = np.full(x.shape, "", dtype=object)
-        colour[m:m + self.black.shape[0], m:m + self.black.shape[1]] = np.where(self.black, "black", "white")
+        colour[margin:margin + h, margin:margin + w] = np.where(self.black, "black", "white")
         x, y, colour = x.ravel(), y.ravel(), colour.ravel()
         xy = torch.tensor(np.stack([x, y], 1), dtype=torch.float32, device=self.sub.W.device)
         n = c.mpo_eval_examples or None
@@ -184,15 +185,14 @@ class MPO(Method):
             xs, ys = getattr(d, f"{split}_x")[:n], getattr(d, f"{split}_y")[:n]
             if not len(ys):
                 continue
-            probs = self.cell_probs(xy, xs)
-            cells = [classification_metrics(p, ys, c.ece_bins) for p in probs]
+            cells = self.cell_metrics(xy, xs, ys)
             for i, mt in enumerate(cells):
                 rows.append(dict(base, split=split, point=f"cell_{x[i]}_{y[i]}", kind="cell",
                                  coords=[float(x[i]), float(y[i])], colour=colour[i], **mt))
-            means = {k: {m_: float(np.mean([mt[m_] for mt, col in zip(cells, colour, strict=True) if col == k]))
-                         for m_ in METRICS} for k in ("black", "white")}
-            for k, mt in means.items():
-                rows.append(dict(base, split=split, point=k, kind="colour", coords=None, colour=k, **mt))
+            means = {col: {k: float(np.mean([mt[k] for mt, cc in zip(cells, colour, strict=True) if cc == col]))
+                           for k in METRICS} for col in ("black", "white")}
+            for col, mt in means.items():
+                rows.append(dict(base, split=split, point=col, kind="colour", coords=None, colour=col, **mt))
             rows.append(dict(base, split=split, point="gap", kind="gap", coords=None, colour="",
-                             **{m_: means["black"][m_] - means["white"][m_] for m_ in METRICS}))
+                             **{k: means["black"][k] - means["white"][k] for k in METRICS}))
         return rows
