@@ -95,9 +95,11 @@ def _grid(d: pd.DataFrame, column: str) -> tuple[np.ndarray, list[float]]:
 
 
 def heat_maps(cells: pd.DataFrame, caption: str, max_rows: int = 6) -> Figure:
-    """Per trial (the first replicate of up to `max_rows` groups): the target picture, then loss and
-    accuracy over the plane on train and test data; the picture's outline drawn on each map."""
-    keys = cells.sort_values(["group_label", *REPLICATE]).drop_duplicates("group")["trial_key"].tolist()[:max_rows]
+    """Per trial (the first replicate of each group, at most `max_rows` groups spread evenly over them): the
+    target picture, then loss and accuracy over the plane on train and test data, the picture outlined."""
+    firsts = cells.sort_values(["group_label", *REPLICATE]).drop_duplicates("group")["trial_key"].tolist()
+    keys = [firsts[i] for i in sorted(set(np.linspace(0, len(firsts) - 1, min(max_rows, len(firsts))).round()
+                                          .astype(int)))]
     panels = [("train", "nll"), ("test", "nll"), ("train", "accuracy"), ("test", "accuracy")]
     fig, axes = plots._figure("Loss patterns: target and fitted plane", caption, ncols=1 + len(panels),
                               nrows=len(keys), size=(2.6, 2.5))

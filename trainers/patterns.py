@@ -100,7 +100,8 @@ def read_picture(path: str) -> np.ndarray:
 
     p = Path(path).expanduser()
     if not p.is_file():
-        raise PatternError(f"{path}: no such file (expected a bundled icon, {RANDOM!r}, or a PNG/PBM file)")
+        raise PatternError(f"{path}: no such file (expected an icon: {', '.join(ICONS)}; {RANDOM!r}; or a PNG/PBM "
+                           f"file)")
     if p.stat().st_size == 0:
         raise PatternError(f"{path}: empty file")
     try:
