@@ -121,8 +121,8 @@ def cnn6(in_shape: tuple[int, ...], classes: int, width: int = 16, batchnorm: bo
     Channels scale with width / 16 (16, the default, is the paper's net; smaller widths for quick runs)."""
     c = in_shape[0]
     layers: list[nn.Module] = []
-    for out in (8, 8, 32, 32, 64, 64):
-        out = max(1, out * width // 16)
+    for paper in (8, 8, 32, 32, 64, 64):
+        out = max(1, paper * width // 16)
         layers += [nn.Conv2d(c, out, 3, padding=1, bias=not batchnorm), _norm(out, batchnorm), nn.ReLU()]
         c = out
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(c * 16, 128), nn.ReLU(),
