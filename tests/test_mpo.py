@@ -193,15 +193,15 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path):
 
 
 def test_a_small_icon_fitted_on_digits_separates_its_colours():
-    """The heart (9 x 9) on digits, 80 steps: black cells classify better on test data than white ones.
-    Measured with seeds 0-4: gap 0.22-0.40, black cells 0.55-0.65; the bounds leave a wide margin."""
-    cfg = make_config({**MPO, "model": "cnn", "batchnorm": False, "lr": 5e-3, "batch_size": 64, "epochs": 4,
+    """The heart (9 x 9) on digits, 80 steps of an MLP: black cells classify better on test data than white
+    ones. Measured with seeds 0-5: gap 0.59-0.71, black cells 0.85-0.91; the bounds leave a wide margin."""
+    cfg = make_config({**MPO, "model": "mlp", "width": 8, "lr": 5e-3, "batch_size": 64, "epochs": 4,
                        "mpo_cells": 10, "mpo_chunk": 20, "mpo_eval_examples": 200, "seed": 1})
     evals = {(e["split"], e["point"]): e for e in run_trial(cfg)["evals"]}
     gap = evals[("test", "gap")]["accuracy"]
     black, white = evals[("test", "black")]["accuracy"], evals[("test", "white")]["accuracy"]
     assert gap == pytest.approx(black - white)
-    assert gap > 0.1 and black > 0.4, (black, white)
+    assert gap > 0.3 and black > 0.6, (black, white)
     cells = [e for (s, _), e in evals.items() if s == "test" and e["kind"] == "cell"]
     assert len(cells) == (9 + 2) ** 2 and {e["colour"] for e in cells} == {"black", "white", ""}
     assert evals[("test", "origin")]["coords"].tolist() == [0.0, 0.0]
