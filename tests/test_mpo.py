@@ -22,6 +22,15 @@ MPO = dict(method="mpo", shape="point", preset="loss_patterns", dataset="digits"
            mpo_chunk=4, mpo_margin=1, mpo_eval_examples=100, eval_every=0, epochs=1)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny vmapped networks: a second thread only adds synchronisation (10x slower on a busy 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def digits():
     return datasets.load("digits")
