@@ -28,6 +28,7 @@ _LAZY = {
     "reliability_curves": "analysis.calibration", "load_probs": "analysis.predictions",
     "select": "analysis.trials", "build_report": "analysis.report",
     "corruption_table": "analysis.corruptions", "robustness_curves": "analysis.corruptions",
+    "cell_maps": "analysis.patterns", "colour_gaps": "analysis.patterns", "gap_curves": "analysis.patterns",
 }
 
 __all__ = ["Results", "load", *_LAZY]

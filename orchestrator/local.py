@@ -64,7 +64,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def print_summary(evals: list[dict]) -> None:
     """A short table: the named points and ensembles on the test split (not the whole alpha grid)."""
-    rows = [e for e in evals if e["split"] == "test" and e["kind"] in ("endpoint", "center", "ensemble")]
+    named = ("endpoint", "center", "ensemble", "colour", "gap")
+    rows = [e for e in evals if e["split"] == "test" and e["kind"] in named]
     print(f"{'point':<22}{'acc':>8}{'nll':>8}{'ece':>8}{'brier':>8}")
     for e in rows:
         print(f"{e['point']:<22}{e['accuracy']:>8.4f}{e['nll']:>8.4f}{e['ece']:>8.4f}{e['brier']:>8.4f}")

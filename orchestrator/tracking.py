@@ -339,6 +339,8 @@ def eval_metrics(evals: list[dict[str, Any]]) -> dict[str, float]:
     `test/alpha_0.50/nll`, `test/center/snow3/ece` (corrupted data: name and severity)."""
     out = {}
     for r in evals:
+        if r.get("kind") == "cell":  # heat-map cells (method mpo): hundreds per trial, Parquet only
+            continue
         corr = f"/{r['corruption']}{r.get('severity') or ''}" if r.get("corruption") else ""
         for m in ("accuracy", "nll", "brier", "ece"):
             if r.get(m) is not None:

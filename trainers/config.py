@@ -13,21 +13,23 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainers import corruption_params
+from trainers import corruption_params, patterns
 
 SHAPES = ("point", "line", "curve", "simplex")
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "tiny_imagenet", "synthetic_cifar10")
-MODELS = ("mlp", "cnn", "cresnet20", "wrn28_10")
+MODELS = ("mlp", "cnn", "cresnet20", "wrn28_10", "cnn6")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "constant")
 # How weights are parametrised, trained and evaluated: one module per method in trainers/methods/ (the
 # registry there is the one place that names them). The names are repeated here so validation needs no torch.
-METHODS = ("subspace", "independent", "swa", "mimo")
+METHODS = ("subspace", "independent", "swa", "mimo", "mpo")
 # Fields that belong to one method: for any other method they keep their defaults, so a sweep that crosses
 # `method` with them folds duplicates (one subspace trial, not one per swa_lr) and trial names skip them.
 METHOD_FIELDS: dict[str, tuple[str, ...]] = {
     "swa": ("swa_start", "swa_lr", "swa_cycle"),
     "mimo": ("mimo_heads", "mimo_repeat_prob", "mimo_batch_repeats"),
+    "mpo": ("mpo_pattern", "mpo_size", "mpo_fill", "mpo_mask_seed", "mpo_cells", "mpo_cap", "mpo_scale",
+            "mpo_chunk", "mpo_margin", "mpo_eval_examples"),
 }
 # Packed trials (trainers/pack.py): trials that differ only in these fields can train as one batched pack,
 # when their method's step is "draw coefficients, cross-entropy there, + beta cos^2".
@@ -54,7 +56,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 @dataclass
 class TrialConfig:
     # what is trained
-    method: str = "subspace"       # subspace | independent | swa | mimo (trainers/methods/)
+    method: str = "subspace"       # subspace | independent | swa | mimo | mpo (trainers/methods/)
     shape: str = "line"            # point | line | curve | simplex
     endpoints: int = 2             # simplex vertices m; set to 2 for a line/curve and 1 for a point
     layerwise: bool = False        # every layer draws its own coordinates
@@ -120,6 +122,18 @@ class TrialConfig:
     corruption_dir: str = ""       # published: folder holding CIFAR-10-C/, CIFAR-100-C/, Tiny-ImageNet-C/,
     #                                mnist_c/ as unpacked ("" = data_dir)
     corruption_seed: int = 0       # generated: one seed for every trial, so all see the same images
+    # mpo (Skorokhodov & Burtsev): shape point; a plane origin + s*(x*u + y*v) in weight space whose cells
+    # follow a binary picture: black cells trained to low loss, white ones to high (trainers/patterns.py)
+    mpo_pattern: str = "heart"     # a bundled icon (heart, cross, ring, smiley), "random", or a PNG/PBM path
+    mpo_size: int = 0              # cells on the picture's longer side (0 = as drawn); a random mask's side
+    mpo_fill: float = 0.5          # random mask: probability that a cell is black
+    mpo_mask_seed: int = 0         # random mask: its own seed, so masks and training seeds cross independently
+    mpo_cells: int = 50            # cells of each colour per step (paper: 50)
+    mpo_cap: float = 2.5           # white cells maximise min(CE, cap) (paper: 2.5)
+    mpo_scale: float = 0.1         # initial s, the learnable spacing of cells (paper: 0.1)
+    mpo_chunk: int = 16            # cells per vmapped pass: memory against speed (0 = all of a step at once)
+    mpo_margin: int = 3            # heat maps: cells evaluated around the picture
+    mpo_eval_examples: int = 2000  # heat maps: train and test examples per cell (0 = all)
     # runtime
     device: str = "auto"           # auto | cpu | cuda | cuda:N
     amp: bool = False              # bf16 autocast on CUDA; the training images then stay on the GPU in bf16
@@ -222,6 +236,8 @@ def make_config(values: dict[str, Any], where: str = "") -> TrialConfig:
         default = getattr(defaults, name)
         if not _type_ok(value, default):
             raise ConfigError(f"{prefix}{name}: expected {type(default).__name__}, got {value!r}")
+    if merged.get("method") == "mpo" and "mpo_pattern" in merged:  # trials run in their own folders (Ray Tune)
+        merged["mpo_pattern"] = patterns.absolute(merged["mpo_pattern"])
     cfg = TrialConfig(**{k: (float(v) if isinstance(getattr(defaults, k), float) else v) for k, v in merged.items()})
     _check_values(cfg, prefix)
     return cfg
@@ -304,6 +320,18 @@ def _check_values(c: TrialConfig, prefix: str) -> None:
         need(c.mimo_batch_repeats >= 1, "mimo_batch_repeats", "at least 1")
         problem = _mimo_problem(c.model, c.dataset, c.width, c.mimo_heads)
         need(not problem, "model", f"a model MIMO can wrap ({problem})")
+    if c.method == "mpo":
+        need(c.shape == "point", "shape", "point for method mpo (its plane is the method's own)")
+        need(0.0 < c.mpo_fill < 1.0, "mpo_fill", "a probability in (0, 1)")
+        need(c.mpo_size >= 0, "mpo_size", "0 (as drawn) or a number of cells")
+        problem = patterns.problem(c.mpo_pattern, c.mpo_size, c.mpo_fill, c.mpo_mask_seed)
+        need(not problem, "mpo_pattern", f"a pattern basin can fit ({problem})")
+        need(c.mpo_cells >= 1, "mpo_cells", "at least 1 cell of each colour per step")
+        need(c.mpo_cap > 0, "mpo_cap", "a positive cross-entropy")
+        need(c.mpo_scale > 0, "mpo_scale", "a positive initial scale")
+        need(c.mpo_chunk >= 0, "mpo_chunk", "0 (all cells at once) or more")
+        need(c.mpo_margin >= 0, "mpo_margin", "0 or more cells")
+        need(c.mpo_eval_examples >= 0, "mpo_eval_examples", "0 (all) or more")
 
 
 def swa_start(c: TrialConfig) -> int:

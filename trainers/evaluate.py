@@ -62,6 +62,7 @@ def evaluate(cfg: TrialConfig, method: Method, d: Data, g: torch.Generator, epoc
     for kind in sampler_list(cfg.samplers):
         for p, probs in sample(kind, cfg, method, trajectory, xs, d, g):
             emit(p, probs)
+    evals += method.extra_evals(epoch)
     for group, ms in members.items():
         if len(ms) >= 2:
             emit(Point(f"ensemble_{group}", "ensemble"), {s: torch.stack([m[s] for m in ms]).mean(0) for s in ms[0]},

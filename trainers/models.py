@@ -114,7 +114,23 @@ def wrn28_10(in_shape: tuple[int, ...], classes: int, width: int = 16, batchnorm
                          nn.Linear(c_in, classes))
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn, "cresnet20": cresnet20, "wrn28_10": wrn28_10}
+def cnn6(in_shape: tuple[int, ...], classes: int, width: int = 16, batchnorm: bool = False,
+         dropout: float = 0.0) -> nn.Module:
+    """The loss-patterns paper's BatchNorm-study net: six 3x3 convs of 8/8/32/32/64/64 channels at full
+    resolution (BN before each ReLU when `batchnorm`), adaptive average pooling to 4x4, then MLP 128.
+    Channels scale with width / 16 (16, the default, is the paper's net; smaller widths for quick runs)."""
+    c = in_shape[0]
+    layers: list[nn.Module] = []
+    for paper in (8, 8, 32, 32, 64, 64):
+        out = max(1, paper * width // 16)
+        layers += [nn.Conv2d(c, out, 3, padding=1, bias=not batchnorm), _norm(out, batchnorm), nn.ReLU()]
+        c = out
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(c * 16, 128), nn.ReLU(),
+                         nn.Dropout(dropout), nn.Linear(128, classes))
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn, "cresnet20": cresnet20, "wrn28_10": wrn28_10,
+                                               "cnn6": cnn6}
 
 
 def build(name: str, in_shape: tuple[int, ...], classes: int, width: int, batchnorm: bool,

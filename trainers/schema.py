@@ -37,7 +37,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("epoch", pa.int32()), ("split", pa.string()), ("point", pa.string()), ("kind", pa.string()),
         ("alpha", pa.float64()), ("coords", _F32_LIST), ("members", pa.int32()), ("member_of", pa.string()),
         ("accuracy", pa.float64()), ("nll", pa.float64()), ("brier", pa.float64()), ("ece", pa.float64()),
-        ("corruption", pa.string()), ("severity", pa.int32()),
+        ("corruption", pa.string()), ("severity", pa.int32()), ("colour", pa.string()),
     ]),
     # per evaluated point: test probabilities, flattened row-major (n_examples x n_classes), and labels
     "predictions": pa.schema(ID + [

@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "independent": "trainers.methods.independent:Independent",
     "swa": "trainers.methods.swa:SWA",
     "mimo": "trainers.methods.mimo:MIMO",
+    "mpo": "trainers.methods.mpo:MPO",
 }
 
 

@@ -144,6 +144,10 @@ class Method(nn.Module):
         their trajectory records it (the validation point, unless that is an ensemble)."""
         return self.val_point()
 
+    def extra_evals(self, epoch: int) -> list[dict]:
+        """evals rows beyond the points, computed by the method itself (MPO: its plane's heat maps)."""
+        return []
+
     def weight_points(self) -> list[Point]:
         """Points whose weights the `weights` table records (a random projection per epoch)."""
         return [self.solution()]
