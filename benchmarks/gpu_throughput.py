@@ -163,17 +163,13 @@ def packed_rate(args: argparse.Namespace, k: int) -> float:
     cfgs = [trial_config(args, seed=s, amp=args.device.type == "cuda", channels_last=True) for s in range(k)]
     runs = [Run(c, data=d) for c, d in zip(cfgs, shared_data(cfgs), strict=True)]
     pack = Pack(runs)
-    perms = [r.start_epoch(1) for r in runs]
+    perms = pack.start_epoch(1)
     steps = min(args.steps + 3, runs[0].steps)
     for i in range(steps):
         if i == 3:
             sync(args.device)
             t = time.perf_counter()
-        xs, ys = zip(*(r.batch(p, i) for r, p in zip(runs, perms, strict=True)), strict=True)
-        for r in runs:
-            r.opt.zero_grad(set_to_none=True)
-        for r, s in zip(runs, pack.train_step(list(xs), list(ys)), strict=True):
-            r.step(s)
+        pack.step(perms, i)
     sync(args.device)
     return (steps - 3) * k * runs[0].batch_size / (time.perf_counter() - t)
 

@@ -226,18 +226,31 @@ def with_noise(clean: Data, rate: float, seed: int) -> Data:
 
 def augment_batch(x: torch.Tensor, mode: str, g: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Random crop with zero padding (and horizontal flip) for a whole batch at once, on x's device."""
+    return augment_many(x, mode, [g], pad)
+
+
+def augment_many(x: torch.Tensor, mode: str, gens: list[torch.Generator], pad: int = 4) -> torch.Tensor:
+    """augment_batch for the batches of several trials stacked in x (len(gens) equal parts), each drawing its
+    crops and flips from its own generator, in augment_batch's order, so each part equals augment_batch of
+    that part; the crop itself is one gather for all of them (packed trials)."""
     if not mode:
         return x
     n, _, h, w = x.shape
     dev = x.device
-    shifts = torch.randint(0, 2 * pad + 1, (2, n), generator=g, device=g.device).to(dev)
+    per = n // len(gens)
+    parts, flips = [], []
+    for g in gens:  # each generator draws in augment_batch's order: its shifts, then its flips
+        parts.append(torch.randint(0, 2 * pad + 1, (2, per), generator=g, device=g.device).to(dev))
+        if mode == "crop_flip":
+            flips.append((torch.rand(per, generator=g, device=g.device) < 0.5).to(dev))
+    shifts = torch.cat(parts, 1)
     xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     rows = (torch.arange(h, device=dev)[None, :] + shifts[0][:, None])[:, None, :, None]
     cols = (torch.arange(w, device=dev)[None, :] + shifts[1][:, None])[:, None, None, :]
     batch_i = torch.arange(n, device=dev)[:, None, None, None]
     chan_i = torch.arange(x.shape[1], device=dev)[None, :, None, None]
     out = xp[batch_i, chan_i, rows, cols]
-    if mode == "crop_flip":
-        flip = (torch.rand(n, generator=g, device=g.device) < 0.5).to(dev)
+    if flips:
+        flip = torch.cat(flips)
         out = torch.where(flip[:, None, None, None], out.flip(3), out)
     return out

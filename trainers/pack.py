@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from typing import Any
 
 import torch
@@ -31,7 +32,11 @@ from trainers import data as datasets
 from trainers.config import _NOT_IN_KEY, PACK_FREE, PACKABLE_METHODS, TrialConfig
 from trainers.methods.base import Step
 from trainers.results import Sink
-from trainers.train import Run, resident
+from trainers.train import Run, make_optimizer, resident
+
+# A pack steps its trials' parameters with one shared optimizer and advances each trial's own schedule (and
+# so its checkpointed learning rate); torch warns that those schedules step before their optimizers do.
+warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
 
 
 def pack_key(cfg: TrialConfig) -> str:
@@ -73,6 +78,8 @@ class Pack:
             for k, m in enumerate(mods):
                 m._buffers[attr] = stacked[k]
             self.buffers[name] = stacked
+        self.labels = torch.stack([r.data.train_y for r in runs])  # (K, N): each trial's own (noisy) labels
+        self.opt = shared_optimizer(runs)
         c = runs[0].cfg
         self.regularise = c.beta > 0 and first.n_endpoints > 1
         self.label_smoothing = c.label_smoothing
@@ -82,7 +89,8 @@ class Pack:
         params = {n: p.view(s) for n, p, s in zip(self.names, flat.split(self.numels), self.shapes, strict=True)}
         return functional_call(self.model, (params, buffers), (x,))
 
-    def train_step(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> list[Step]:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> list[Step]:
+        """One step of every trial: x (K, B, ...) and y (K, B) hold each trial's own batch."""
         subs = [r.method.sub for r in self.runs]
         coeffs = torch.stack([s.draw(r.g) for s, r in zip(subs, self.runs, strict=True)])  # each its own draw
         W = torch.stack([s.W for s in subs])                                                # (K, n, P)
@@ -92,7 +100,6 @@ class Pack:
             flat = torch.einsum("kn,knp->kp", coeffs.to(W.dtype), W)
         else:  # layer-wise: each weight mixed with its layer's coefficients
             flat = (coeffs.to(W.dtype)[:, subs[0].group].transpose(1, 2) * W).sum(1)
-        x, y = torch.stack(xs), torch.stack(ys)
         with torch.autocast("cuda", torch.bfloat16, enabled=self.amp):
             logits = vmap(self.forward, randomness="different")(flat, self.buffers, x)
         logits = logits.float()
@@ -104,6 +111,42 @@ class Pack:
         (loss + reg).sum().backward()  # each trial's parameters get exactly its own loss's gradient
         correct = (logits.argmax(-1) == y).sum(1)
         return [Step(loss[i].detach(), reg[i].detach(), correct[i], b) for i in range(k)]
+
+    def start_epoch(self, epoch: int) -> torch.Tensor:
+        """(K, N): each trial's batch order for the epoch."""
+        return torch.stack([r.start_epoch(epoch) for r in self.runs])
+
+    def step(self, perms: torch.Tensor, i: int) -> None:
+        """Training step i of every trial: batches, one forward and backward, one optimizer step."""
+        x, y = self.batches(perms, i)
+        self.opt.zero_grad(set_to_none=True)
+        steps = self.train_step(x, y)
+        for group in self.opt.param_groups:
+            group["lr"] = self.runs[0].opt.param_groups[0]["lr"]  # the schedule every trial follows
+        self.opt.step()
+        for r, s in zip(self.runs, steps, strict=True):
+            r.record(s)
+
+    def batches(self, perms: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step i's batch of every trial, (K, B, ...) and (K, B): one gather for all, each trial's crops and
+        flips drawn from its own generator (the same draws as Run.batch)."""
+        runs = self.runs
+        b = runs[0].batch_size
+        idx = perms[:, i * b:(i + 1) * b]                                   # (K, B)
+        x = datasets.augment_many(runs[0].data.train_x[idx.flatten()], runs[0].data.augment, [r.g for r in runs])
+        return x.view(len(runs), b, *x.shape[1:]), self.labels.gather(1, idx)
+
+
+def shared_optimizer(runs: list[Run]) -> torch.optim.Optimizer:
+    """One optimizer over every trial's parameters (multi-tensor kernels: one step for the pack, not K). Each
+    parameter keeps the state dict of its own trial's optimizer (the same dict object), so every trial's
+    optimizer still checkpoints and resumes its own state; the trials' hyperparameters are equal (they
+    differ only in PACK_FREE fields) and the learning rate is copied from the trials' schedules each step."""
+    opt = make_optimizer(runs[0].cfg, [p for r in runs for p in r.method.parameters()])
+    for r in runs:
+        for p in r.method.parameters():
+            opt.state[p] = r.opt.state[p]
+    return opt
 
 
 def shared_data(cfgs: list[TrialConfig]) -> list[datasets.Data]:
@@ -128,13 +171,9 @@ def run_pack(cfgs: list[TrialConfig], sinks: list[Sink | None] | None = None,
                          + ", ".join(f"seed {r.cfg.seed} at epoch {r.first - 1}" for r in runs))
     pack = Pack(runs)
     for epoch in runs[0].epochs():
-        perms = [r.start_epoch(epoch) for r in runs]
+        perms = pack.start_epoch(epoch)
         for i in range(runs[0].steps):
-            xs, ys = zip(*(r.batch(p, i) for r, p in zip(runs, perms, strict=True)), strict=True)
-            for r in runs:
-                r.opt.zero_grad(set_to_none=True)
-            for r, s in zip(runs, pack.train_step(list(xs), list(ys)), strict=True):
-                r.step(s)
+            pack.step(perms, i)
         for r in runs:
             r.end_epoch(epoch)
     return [r.finish() for r in runs]

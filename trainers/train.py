@@ -141,9 +141,13 @@ class Run:
         return datasets.augment_batch(self.data.train_x[idx], self.data.augment, self.g), self.data.train_y[idx]
 
     def step(self, s: Step) -> None:
-        """After a step's backward: step the optimizer and the schedule, add up the step's numbers."""
-        self.lr = self.opt.param_groups[0]["lr"]  # the rate this step used (logged: the epoch's last)
+        """After a step's backward: step the optimizer, then record the step."""
         self.opt.step()
+        self.record(s)
+
+    def record(self, s: Step) -> None:
+        """Advance the schedule and add up the step's numbers (a pack steps its trials' optimizers at once)."""
+        self.lr = self.opt.param_groups[0]["lr"]  # the rate this step used (logged: the epoch's last)
         self.sched.step()
         self.sums["loss"] += s.loss
         self.sums["reg"] += s.reg
