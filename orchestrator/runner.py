@@ -31,7 +31,6 @@ from orchestrator.sweep import Sweep, Trial, describe, is_uri, load_sweep
 from orchestrator.tracking import Mirror, eval_metrics
 from trainers.config import TrialConfig
 
-STATE_FILE = "state.pt"
 POINTER_FILE = "basin_checkpoint.json"
 REPORT_EVERY_S = 2.0   # epoch rows are reported to Tune (and MLflow) at least this often, and at checkpoints
 # Tune's own loggers write a JSON/CSV line per result per trial; Parquet and MLflow cover that.
@@ -108,8 +107,6 @@ class TuneSink:
         self.io["report_s"] += time.perf_counter() - t0
 
     def progress(self, epoch_row: dict[str, Any], state: dict[str, Any] | None) -> None:
-        from trainers.results import save_state
-
         epoch = int(epoch_row.get("epoch", 0))
         self.pending.append({k: v for k, v in epoch_row.items() if isinstance(v, (int, float))})
         last = epoch >= self.epochs  # its rows go with the final report, right after the evaluation
@@ -119,10 +116,7 @@ class TuneSink:
             # (O(trials) each) that CheckpointConfig(num_to_keep) triggers, and the state is written once.
             with tempfile.TemporaryDirectory(prefix="basin-ckpt-") as d:
                 t0 = time.perf_counter()
-                path = os.path.join(d, STATE_FILE)
-                save_state(state, path)
-                self.store.save_checkpoint(path, self.key)
-                os.remove(path)
+                self.store.save_checkpoint(self.key, state)
                 with open(os.path.join(d, POINTER_FILE), "w") as f:
                     json.dump({"trial_key": self.key, "epoch": state["epoch"], "attempt": self.attempt}, f)
                 self.io["checkpoint_s"] += time.perf_counter() - t0

@@ -17,7 +17,6 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from analysis.load import filesystem
 from orchestrator.cli import UserError
 from orchestrator.store import Store
 from orchestrator.sweep import is_uri, join, parse_sweep
@@ -27,13 +26,10 @@ COMPACT_ROW_GROUP_BYTES = 128 << 20
 
 
 def _children(root: str) -> list[str]:
-    fs, path = filesystem(root)
-    info = fs.get_file_info(path)
-    if info.type != pafs.FileType.Directory:
+    folder = Store(root)
+    if not folder.is_dir():
         raise UserError(f"{root}: no such results folder")
-    entries = fs.get_file_info(pafs.FileSelector(path))
-    return sorted(e.base_name for e in entries if e.type == pafs.FileType.Directory
-                  and not e.base_name.startswith("."))
+    return [e.base_name for e in folder.list() if e.type == pafs.FileType.Directory]
 
 
 def is_sweep_dir(folder: str) -> bool:
@@ -69,12 +65,11 @@ def saved_sweep(folder: str) -> Any:
 
 def last_run(store: Store) -> dict[str, Any] | None:
     """The newest record in runs/ (written by `basin run` at its start and end)."""
-    fs, path = filesystem(store.root)
     try:
-        entries = fs.get_file_info(pafs.FileSelector(f"{path.rstrip('/')}/runs"))
-    except (FileNotFoundError, OSError):
+        entries = store.list("runs")
+    except OSError:
         return None
-    names = sorted(e.base_name for e in entries if e.base_name.endswith(".json"))
+    names = [e.base_name for e in entries if e.base_name.endswith(".json")]
     if not names:
         return None
     data = store.read_bytes(f"runs/{names[-1]}")
@@ -201,23 +196,17 @@ def add_compact_args(p: Any) -> None:
 
 
 def compact_table(folder: str, table: str) -> tuple[int, int]:
-    """Merge a table's files into one: written whole under a temp name and renamed (a single PUT on object
-    stores), then the inputs are deleted. A crash in between leaves duplicates, which readers drop."""
-    fs, base = filesystem(folder)
-    tdir = f"{base.rstrip('/')}/{table}"
-    if fs.get_file_info(tdir).type != pafs.FileType.Directory:
-        return 0, 0
-    files = sorted(e.path for e in fs.get_file_info(pafs.FileSelector(tdir))
-                   if e.type == pafs.FileType.File and e.base_name.endswith(".parquet")
-                   and not e.base_name.startswith("."))
+    """Merge a table's files into one, written atomically (trainers.folder), then delete the inputs. A crash in
+    between leaves duplicates, which readers drop."""
+    store = Store(folder)
+    files = [e.path for e in store.list(table) if e.type == pafs.FileType.File and e.base_name.endswith(".parquet")]
     if len(files) <= 1:
         return len(files), 0
-    dataset = ds.dataset(files, format="parquet", filesystem=fs, schema=SCHEMAS[table])
+    dataset = ds.dataset(files, format="parquet", filesystem=store.fs, schema=SCHEMAS[table])
     name = f"compact-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
-    local = not is_uri(folder)
-    target = f"{tdir}/.{name}.tmp" if local else f"{tdir}/{name}"
     rows = 0
-    with pq.ParquetWriter(target, SCHEMAS[table], filesystem=fs, compression="zstd") as w:
+    with store.open_atomic(f"{table}/{name}") as out, \
+            pq.ParquetWriter(out, SCHEMAS[table], compression="zstd") as w:
         batch: list[pa.RecordBatch] = []
         size = 0
         for b in dataset.to_batches(batch_size=4096):
@@ -229,10 +218,8 @@ def compact_table(folder: str, table: str) -> tuple[int, int]:
                 batch, size = [], 0
         if batch:
             w.write_table(pa.Table.from_batches(batch, SCHEMAS[table]))
-    if local:
-        fs.move(target, f"{tdir}/{name}")
     for f in files:
-        fs.delete_file(f)
+        store.fs.delete_file(f)
     return len(files), rows
 
 

@@ -26,6 +26,7 @@ MAX_METRICS = 1000     # log_batch: at most 1000 metrics ...
 MAX_PARAMS = 100       # ... 100 params and 100 tags per call
 MAX_TAGS = 100
 MAX_PENDING = 500_000  # metrics held while the server is down, beyond that they are dropped (and counted)
+ROLE_TAG, SWEEP_ROLE, TRIAL_ROLE = "basin.role", "sweep", "trial"  # parent run / child runs of a sweep
 # A trial's tags in MLflow besides its params: what one filters and groups by in the UI.
 TAG_FIELDS = ("shape", "method", "dataset", "model", "endpoints", "layerwise", "batchnorm", "label_noise", "seed")
 # Errors that will not go away by retrying (a bad value, a run that does not exist): drop and count.
