@@ -1,13 +1,11 @@
-"""`basin status` (the sweeps under a results folder and their counts), `basin ui` (MLflow's UI on a
-sweep's store, 127.0.0.1 only) and `basin compact` (merge a sweep's many per-trial Parquet files)."""
+"""`basin status` (the sweeps under a results folder and their counts) and `basin compact` (merge a sweep's
+many per-trial Parquet files). `basin ui` is in orchestrator/ui.py."""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from typing import Any
@@ -19,7 +17,7 @@ import pyarrow.parquet as pq
 
 from orchestrator.cli import UserError
 from orchestrator.store import Store
-from orchestrator.sweep import is_uri, join, parse_sweep
+from orchestrator.sweep import join, parse_sweep
 from trainers.schema import SCHEMAS, TABLES
 
 COMPACT_ROW_GROUP_BYTES = 128 << 20
@@ -152,42 +150,6 @@ def cmd_status(args: Any) -> int:
         print(f"{r['sweep']:<{width}}  {r['completed']:>6}  {r['failed']:>6}  {total:>6}  {r['state']:<11}  "
               f"{when:<16}  {r['folder']}")
     return 0
-
-
-# -- basin ui ---------------------------------------------------------------------------------------------
-def add_ui_args(p: Any) -> None:
-    p.add_argument("sweep", help="a sweep's results folder, e.g. results/quickstart")
-    p.add_argument("--port", type=int, default=5000)
-
-
-def ui_command(folder: str, port: int) -> list[str] | str:
-    """The `mlflow ui` command for a sweep's local store, or the URL of its tracking server."""
-    sweep = saved_sweep(folder)
-    uri = sweep.mlflow if sweep else ""
-    if not uri and not is_uri(folder) and os.path.exists(os.path.join(folder, "mlflow.db")):
-        uri = f"sqlite:///{os.path.abspath(os.path.join(folder, 'mlflow.db'))}"
-    if not uri:
-        raise UserError(f"{folder}: no MLflow store for this sweep (was it run with mlflow: false?)")
-    if uri.startswith(("http://", "https://", "databricks")):
-        return uri
-    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
-        raise UserError(f"{folder}: the sweep's MLflow store {uri} does not exist yet")
-    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-            "--port", str(port), "--workers", "1"]
-
-
-def cmd_ui(args: Any) -> int:
-    cmd = ui_command(args.sweep.rstrip("/"), args.port)
-    if isinstance(cmd, str):
-        print(f"{args.sweep} logs to the tracking server {cmd}: open it in a browser (through an SSH tunnel "
-              "for a cluster: ray dashboard / ssh -L)")
-        return 0
-    print(f"MLflow UI for {args.sweep}: http://127.0.0.1:{args.port}  (Ctrl-C to stop)", flush=True)
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}  # no background job runners
-    try:
-        return subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:
-        return 0
 
 
 # -- basin compact ----------------------------------------------------------------------------------------

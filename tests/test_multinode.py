@@ -110,7 +110,7 @@ def test_trials_spread_and_survive_a_lost_worker(cluster, tmp_path):
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        summary = run_sweep(sweep, address=c.address, every=60)
+        summary = run_sweep(sweep, address=c.address, every=60, report=False)
     finally:
         finished.set()
         watcher.join(timeout=30)

@@ -1,0 +1,191 @@
+"""What the MLflow UI opens with for a sweep, and `basin ui` (MLflow's UI on a sweep's store, 127.0.0.1 only).
+
+MLflow 3.17 has no server-side default for the runs table, but a shared view: an experiment tag
+`mlflow.sharedViewState.<key>` holding the table's state as JSON (columns, their order and widths, grouping,
+sort), applied by the UI when the URL says `?viewStateShareKey=<key>`. Each sweep's experiment gets such
+views (see `experiment_tags`), and `basin ui` prints the URL that opens the default one in the UI's
+machine-learning view (`workflowType=machine_learning`; without it MLflow 3 opens in its GenAI mode):
+
+    http://127.0.0.1:5000/#/experiments/<id>/runs?viewStateShareKey=basin&workflowType=machine_learning
+
+    basin           the sweep's axes and headline metrics first, grouped by seed group (averages over seeds)
+    basin-by-<axis> the same, grouped by one axis
+    basin-runs      the same, not grouped (the sweep's parent run with its trials nested under it)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import webbrowser
+from typing import Any
+from urllib.parse import quote
+
+from orchestrator.cli import UserError
+from orchestrator.sweep import Sweep, is_uri, varying
+from orchestrator.tracking import EXPERIMENT_ID, PARENT_RUN_ID, ROLE_TAG, TRIAL_ROLE, headline_names
+from trainers.config import FIELDS
+
+VIEW = "basin"
+VIEW_TAG = "mlflow.sharedViewState."
+KIND_TAG, ML_KIND = "mlflow.experimentKind", "custom_model_development"  # the experiment's kind: not GenAI
+GROUP_TAG = "basin.group"      # a child run's seed group (its trial title without the seed), see sweep.Trial
+# Headline columns shown by default (the Brier scores are logged too: Columns menu).
+COLUMNS = [m for m in headline_names() if not m.endswith("brier")]
+TRIALS_ONLY = f"tags.`{ROLE_TAG}` = '{TRIAL_ROLE}'"
+
+
+def column(kind: str, name: str) -> str:
+    """A runs-table column id as the UI names it: params.`shape`, metrics.`main/test_accuracy`."""
+    return f"{kind}.`{name}`"
+
+
+def axis_columns(sweep: Sweep) -> list[tuple[str, str]]:
+    """(mode, name) of the columns that hold the sweep's axes, in the file's order: a field axis is a param,
+    a group axis a tag of its own (its entry in words); fields that vary only through include rules follow."""
+    out = [("param" if a in FIELDS else "tag", a) for a in sweep.axes]
+    covered = {f for a in sweep.axes if a not in FIELDS for entry in sweep.axes[a] for f in entry} | set(sweep.axes)
+    included = {f for rule in sweep.include for f in (rule["then"] if "when" in rule else rule)}
+    return out + [("param", f) for f in varying(sweep) if f in included and f not in covered]
+
+
+def view_state(sweep: Sweep, group_by: tuple[str, str] | None) -> str:
+    """The JSON of one shared view (see the module docstring)."""
+    def width(chars: int) -> int:  # pixels for a column of this many characters at the table's font
+        return min(480, 40 + 7 * chars)
+
+    axes, widths = [], {column("attributes", "Run Name"): width(max(len(t.title) for t in sweep.trials) + 3)}
+    for mode, name in axis_columns(sweep):
+        axes.append(column("params" if mode == "param" else "tags", name))
+        if mode == "tag":
+            widths[axes[-1]] = width(max(len(name), *(len(dict(t.axes).get(name, "")) for t in sweep.trials)))
+    metrics = [column("metrics", m) for m in COLUMNS]
+    widths.update({c: width(len(m)) for c, m in zip(metrics, COLUMNS, strict=True)})
+    state: dict[str, Any] = {
+        "selectedColumns": axes + metrics,
+        "columnOrder": [column("attributes", "Run Name"), "runDateAndNestInfo", "duration", *axes, *metrics],
+        "columnWidths": widths,
+        "searchFilter": TRIALS_ONLY,  # the sweep's own run (summary, report) is linked from the description
+        "orderByKey": "attributes.start_time", "orderByAsc": True,
+        "groupBy": None if group_by is None else {
+            "aggregateFunction": "average", "groupByKeys": [{"mode": group_by[0], "groupByData": group_by[1]}]},
+    }
+    return json.dumps(state)
+
+
+def views(sweep: Sweep) -> dict[str, tuple[str, str] | None]:
+    """Share key -> grouping of every view a sweep's experiment gets."""
+    out: dict[str, tuple[str, str] | None] = {VIEW: ("tag", GROUP_TAG)}
+    out.update({f"{VIEW}-by-{name}": (mode, name) for mode, name in axis_columns(sweep) if name != "seed"})
+    out[f"{VIEW}-runs"] = None
+    return out
+
+
+def runs_path(experiment_id: str, view: str = VIEW) -> str:
+    """The UI's route (after the host) to an experiment's runs table in a view, in the machine-learning view."""
+    return f"/#/experiments/{experiment_id}/runs?viewStateShareKey={quote(view)}&workflowType=machine_learning"
+
+
+def experiment_tags(sweep: Sweep) -> dict[str, str]:
+    """Tags set on a sweep's experiment at every run: its kind, its views and a description linking them."""
+    tags = {KIND_TAG: ML_KIND}
+    tags.update({VIEW_TAG + key: view_state(sweep, group) for key, group in views(sweep).items()})
+    links = ", ".join(f"[{key.removeprefix(VIEW + '-') if key != VIEW else 'by seed group'}]"
+                      f"({runs_path(EXPERIMENT_ID, key)[1:]})" for key in views(sweep))
+    parent = f"[{sweep.name}](#/experiments/{EXPERIMENT_ID}/runs/{PARENT_RUN_ID})"
+    tags["mlflow.note.content"] = (f"{sweep.description}\n\n" if sweep.description else "") + \
+        f"basin sweep `{sweep.name}`, {len(sweep.trials)} trials. The trials with their axes and headline metrics, " \
+        f"grouped {links}. The sweep's own run {parent} holds its summary per seed group and its report."
+    return tags
+
+
+# -- basin ui ---------------------------------------------------------------------------------------------
+def add_ui_args(p: Any) -> None:
+    p.add_argument("sweep", help="a sweep's results folder, e.g. results/quickstart")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--group-by", metavar="AXIS", help="open the runs grouped by this axis ('runs': not grouped; "
+                                                      "default: by seed group)")
+    p.add_argument("--no-browser", action="store_true", help="only print the URL")
+
+
+def tracking_uri(folder: str) -> tuple[str, str]:
+    """(the sweep's name, its MLflow tracking URI); UserError when it has none."""
+    from orchestrator.status import saved_sweep
+
+    sweep = saved_sweep(folder)
+    name = sweep.name if sweep else folder.rstrip("/").rpartition("/")[2]
+    uri = sweep.mlflow if sweep else ""
+    if not uri and not is_uri(folder) and os.path.exists(os.path.join(folder, "mlflow.db")):
+        uri = f"sqlite:///{os.path.abspath(os.path.join(folder, 'mlflow.db'))}"
+    if not uri:
+        raise UserError(f"{folder}: no MLflow store for this sweep (was it run with mlflow: false?)")
+    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+        raise UserError(f"{folder}: the sweep's MLflow store {uri} does not exist yet")
+    return name, uri
+
+
+def sweep_url(base: str, uri: str, name: str, group_by: str | None) -> str:
+    """The URL of the sweep's runs table in its view (the UI's home page if the experiment is not there)."""
+    from mlflow.tracking import MlflowClient
+
+    if group_by in (None, "seed"):
+        view = VIEW
+    elif group_by == "runs":
+        view = f"{VIEW}-runs"
+    else:
+        view = f"{VIEW}-by-{group_by}"
+    try:
+        exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(name)
+    except Exception:  # a server that is not up: the URL without the experiment
+        exp = None
+    if exp is None:
+        return f"{base}/#/?workflowType=machine_learning"
+    if VIEW_TAG + view in exp.tags:
+        return base + runs_path(exp.experiment_id, view)
+    if group_by not in (None, "seed", "runs"):
+        by = f"{VIEW_TAG}{VIEW}-by-"
+        known = sorted(k.removeprefix(by) for k in exp.tags if k.startswith(by))
+        raise UserError(f"--group-by {group_by}: not an axis of sweep {name!r} (axes: {', '.join(known) or 'none'})")
+    return f"{base}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"  # made before views
+
+
+def _open(url: str) -> None:
+    """A browser only where one can show up: a desktop session (never a terminal browser on a server)."""
+    if sys.platform == "darwin" or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        webbrowser.open(url)
+
+
+def cmd_ui(args: Any) -> int:
+    folder = args.sweep.rstrip("/")
+    name, uri = tracking_uri(folder)
+    if uri.startswith(("http://", "https://")):
+        print(f"{args.sweep} logs to the tracking server {uri} (through an SSH tunnel for a cluster: "
+              f"ray dashboard / ssh -L); the sweep's runs:\n{sweep_url(uri.rstrip('/'), uri, name, args.group_by)}")
+        return 0
+    base = f"http://127.0.0.1:{args.port}"
+    url = sweep_url(base, uri, name, args.group_by)  # checks --group-by before the server starts
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(args.port), "--workers", "1"]
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}  # no background job runners
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.3)
+        if proc.poll() is None:
+            print(f"MLflow UI for {args.sweep}: {url}  (Ctrl-C to stop)", flush=True)
+            if not args.no_browser:
+                _open(url)
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(10)
+        return 0
