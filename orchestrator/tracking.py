@@ -38,6 +38,10 @@ PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST"
              "RESOURCE_ALREADY_EXISTS", "PERMISSION_DENIED"}
 
 
+def fill_ids(text: str, experiment_id: str, parent_run_id: str) -> str:
+    return text.replace(EXPERIMENT_ID, experiment_id).replace(PARENT_RUN_ID, parent_run_id)
+
+
 def quiet_http_defaults() -> None:
     """MLflow's HTTP client retries 7 times with back-off (minutes against a dead server): the mirror retries
     on its own schedule instead. Users' explicit settings win."""
@@ -80,7 +84,7 @@ class Mirror:
         self.uri, self.experiment = uri, experiment
         self.sweep_tags, self.sweep_text = dict(sweep_tags or {}), sweep_text
         self.description = description
-        self.sweep_params = {k: _param(v) for k, v in (sweep_params or {}).items()}
+        self.sweep_params = {k: param(v) for k, v in (sweep_params or {}).items()}
         self.experiment_tags = dict(experiment_tags or {})
         self.artifact_location, self.every = artifact_location, every
         self.warn = warn or (lambda msg: None)
@@ -115,8 +119,8 @@ class Mirror:
         """Make sure trial `key` has a child run named `name`, with the config as params (and `tags`). A new
         run is created once its start time is known (`times`) or it ends, so that MLflow shows the trial's own
         times rather than those of the driver's flushes."""
-        params = {k: _param(v) for k, v in config.items()}
-        t = {k: _param(config[k]) for k in TAG_FIELDS if k in config}
+        params = {k: param(v) for k, v in config.items()}
+        t = {k: param(config[k]) for k in TAG_FIELDS if k in config}
         t.update({k: str(v) for k, v in (tags or {}).items()})
         self._put(key, "trial", (name, params, t))
 
@@ -260,7 +264,7 @@ class Mirror:
                                     tags={ROLE_TAG: SWEEP_ROLE, "basin.sweep": self.experiment})
             parent, have = run.info.run_id, {}
         for k, v in self.experiment_tags.items():  # what the UI opens with (see orchestrator/ui.py)
-            client.set_experiment_tag(exp_id, k, v.replace(EXPERIMENT_ID, exp_id).replace(PARENT_RUN_ID, parent))
+            client.set_experiment_tag(exp_id, k, fill_ids(v, exp_id, parent))
         if self.sweep_text:
             try:  # the file of the latest run
                 client.log_text(parent, self.sweep_text, "sweep.yaml")
@@ -359,7 +363,8 @@ class Mirror:
         return True
 
 
-def _param(v: Any) -> str:
+def param(v: Any) -> str:
+    """A config value as an MLflow param."""
     return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else str(v)
 
 

@@ -25,9 +25,9 @@ import webbrowser
 from typing import Any
 from urllib.parse import quote
 
+from orchestrator import tracking as T
 from orchestrator.cli import UserError
 from orchestrator.sweep import Sweep, is_uri, varying
-from orchestrator.tracking import EXPERIMENT_ID, PARENT_RUN_ID, ROLE_TAG, TRIAL_ROLE, headline_names
 from trainers.config import FIELDS
 
 VIEW = "basin"
@@ -35,8 +35,7 @@ VIEW_TAG = "mlflow.sharedViewState."
 KIND_TAG, ML_KIND = "mlflow.experimentKind", "custom_model_development"  # the experiment's kind: not GenAI
 GROUP_TAG = "basin.group"      # a child run's seed group (its trial title without the seed), see sweep.Trial
 # Headline columns shown by default (the Brier scores are logged too: Columns menu).
-COLUMNS = [m for m in headline_names() if not m.endswith("brier")]
-TRIALS_ONLY = f"tags.`{ROLE_TAG}` = '{TRIAL_ROLE}'"
+COLUMNS = [m for m in T.headline_names() if not m.endswith("brier")]
 
 
 def column(kind: str, name: str) -> str:
@@ -56,25 +55,40 @@ def axis_columns(sweep: Sweep) -> list[tuple[str, str]]:
 def view_state(sweep: Sweep, group_by: tuple[str, str] | None) -> str:
     """The JSON of one shared view (see the module docstring)."""
     def width(chars: int) -> int:  # pixels for a column of this many characters at the table's font
-        return min(480, 40 + 7 * chars)
+        return min(380, 36 + int(6.5 * chars))
 
-    axes, widths = [], {column("attributes", "Run Name"): width(max(len(t.title) for t in sweep.trials) + 3)}
+    axes = []
+    longest = max(max(len(t.title), len(t.group) + 12) for t in sweep.trials)  # a run, or "Group: ..." and a count
+    widths = {column("attributes", "Run Name"): width(longest + 4),
+              "runDateAndNestInfo": 140, "duration": 80}
     for mode, name in axis_columns(sweep):
         axes.append(column("params" if mode == "param" else "tags", name))
-        if mode == "tag":
-            widths[axes[-1]] = width(max(len(name), *(len(dict(t.axes).get(name, "")) for t in sweep.trials)))
+        widths[axes[-1]] = width(max(len(name), *map(len, group_values(sweep, (mode, name)))))
     metrics = [column("metrics", m) for m in COLUMNS]
     widths.update({c: width(len(m)) for c, m in zip(metrics, COLUMNS, strict=True)})
     state: dict[str, Any] = {
         "selectedColumns": axes + metrics,
         "columnOrder": [column("attributes", "Run Name"), "runDateAndNestInfo", "duration", *axes, *metrics],
         "columnWidths": widths,
-        "searchFilter": TRIALS_ONLY,  # the sweep's own run (summary, report) is linked from the description
         "orderByKey": "attributes.start_time", "orderByAsc": True,
-        "groupBy": None if group_by is None else {
-            "aggregateFunction": "average", "groupByKeys": [{"mode": group_by[0], "groupByData": group_by[1]}]},
     }
+    if group_by is not None:  # groups start collapsed: one row per group with its averages, a click opens one
+        mode, name = group_by
+        state["groupBy"] = {"aggregateFunction": "average", "groupByKeys": [{"mode": mode, "groupByData": name}]}
+        state["groupsExpanded"] = {f"{mode}.{name}.{value}": False for value in group_values(sweep, group_by)}
     return json.dumps(state)
+
+
+def group_values(sweep: Sweep, group_by: tuple[str, str]) -> list[str]:
+    """The values the runs show for a grouping (params as the mirror logs them, tags as set)."""
+    mode, name = group_by
+    if name == GROUP_TAG:
+        values = [t.group for t in sweep.trials]
+    elif mode == "tag":
+        values = [dict(t.axes).get(name, "") for t in sweep.trials]
+    else:
+        values = [T.param(getattr(t.config, name)) for t in sweep.trials]
+    return list(dict.fromkeys(values))
 
 
 def views(sweep: Sweep) -> dict[str, tuple[str, str] | None]:
@@ -95,8 +109,8 @@ def experiment_tags(sweep: Sweep) -> dict[str, str]:
     tags = {KIND_TAG: ML_KIND}
     tags.update({VIEW_TAG + key: view_state(sweep, group) for key, group in views(sweep).items()})
     links = ", ".join(f"[{key.removeprefix(VIEW + '-') if key != VIEW else 'by seed group'}]"
-                      f"({runs_path(EXPERIMENT_ID, key)[1:]})" for key in views(sweep))
-    parent = f"[{sweep.name}](#/experiments/{EXPERIMENT_ID}/runs/{PARENT_RUN_ID})"
+                      f"({runs_path(T.EXPERIMENT_ID, key)[1:]})" for key in views(sweep))
+    parent = f"[{sweep.name}](#/experiments/{T.EXPERIMENT_ID}/runs/{T.PARENT_RUN_ID})"
     tags["mlflow.note.content"] = (f"{sweep.description}\n\n" if sweep.description else "") + \
         f"basin sweep `{sweep.name}`, {len(sweep.trials)} trials. The trials with their axes and headline metrics, " \
         f"grouped {links}. The sweep's own run {parent} holds its summary per seed group and its report."
@@ -114,6 +128,11 @@ def add_ui_args(p: Any) -> None:
 
 def tracking_uri(folder: str) -> tuple[str, str]:
     """(the sweep's name, its MLflow tracking URI); UserError when it has none."""
+    name, uri, _ = _saved(folder)
+    return name, uri
+
+
+def _saved(folder: str) -> tuple[str, str, Sweep | None]:
     from orchestrator.status import saved_sweep
 
     sweep = saved_sweep(folder)
@@ -125,7 +144,24 @@ def tracking_uri(folder: str) -> tuple[str, str]:
         raise UserError(f"{folder}: no MLflow store for this sweep (was it run with mlflow: false?)")
     if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
         raise UserError(f"{folder}: the sweep's MLflow store {uri} does not exist yet")
-    return name, uri
+    return name, uri, sweep
+
+
+def refresh_views(uri: str, sweep: Sweep) -> None:
+    """Set the experiment's kind, views and description from the sweep file saved with the results (a sweep
+    run by an older basin, or whose last run had nothing to do, gets them too). Best effort."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(sweep.name)
+        parents = [] if exp is None else client.search_runs(
+            [exp.experiment_id], f"tags.`{T.ROLE_TAG}` = '{T.SWEEP_ROLE}'", max_results=1,
+            order_by=["attributes.start_time ASC"])
+        for k, v in experiment_tags(sweep).items() if parents else ():
+            client.set_experiment_tag(exp.experiment_id, k, T.fill_ids(v, exp.experiment_id, parents[0].info.run_id))
+    except Exception as e:  # the UI works without them
+        print(f"basin ui: could not set the sweep's views ({type(e).__name__}: {e})", file=sys.stderr)
 
 
 def sweep_url(base: str, uri: str, name: str, group_by: str | None) -> str:
@@ -161,7 +197,9 @@ def _open(url: str) -> None:
 
 def cmd_ui(args: Any) -> int:
     folder = args.sweep.rstrip("/")
-    name, uri = tracking_uri(folder)
+    name, uri, sweep = _saved(folder)
+    if sweep is not None:
+        refresh_views(uri, sweep)
     if uri.startswith(("http://", "https://")):
         print(f"{args.sweep} logs to the tracking server {uri} (through an SSH tunnel for a cluster: "
               f"ray dashboard / ssh -L); the sweep's runs:\n{sweep_url(uri.rstrip('/'), uri, name, args.group_by)}")
