@@ -469,11 +469,6 @@ def _field_order(sweep: Sweep) -> list[str]:
     return list(dict.fromkeys(order))
 
 
-def varying(sweep: Sweep) -> list[str]:
-    """The fields whose value differs between the sweep's trials, in the order the file introduces them."""
-    return _varying(sweep, [t.config for t in sweep.trials])
-
-
 def _varying(sweep: Sweep, configs: list[TrialConfig]) -> list[str]:
     """The fields whose value differs between trials: they make up trial names."""
     order = _field_order(sweep) + [f for f in FIELDS if f not in _field_order(sweep)]

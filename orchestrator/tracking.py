@@ -27,6 +27,7 @@ from typing import Any
 MAX_METRICS = 1000     # log_batch: at most 1000 metrics ...
 MAX_PARAMS = 100       # ... 100 params and 100 tags per call
 MAX_TAGS = 100
+MAX_PARAM_CHARS = 6000  # MLflow cuts longer param values (then they would look changed on the next run)
 MAX_PENDING = 500_000  # metrics held while the server is down, beyond that they are dropped (and counted)
 ROLE_TAG, SWEEP_ROLE, TRIAL_ROLE = "basin.role", "sweep", "trial"  # parent run / child runs of a sweep
 # In an experiment tag's value: replaced by the ids of the experiment and of the sweep's parent run.
@@ -84,7 +85,7 @@ class Mirror:
         self.uri, self.experiment = uri, experiment
         self.sweep_tags, self.sweep_text = dict(sweep_tags or {}), sweep_text
         self.description = description
-        self.sweep_params = {k: param(v) for k, v in (sweep_params or {}).items()}
+        self.sweep_params = {k: param(v)[:MAX_PARAM_CHARS] for k, v in (sweep_params or {}).items()}
         self.experiment_tags = dict(experiment_tags or {})
         self.artifact_location, self.every = artifact_location, every
         self.warn = warn or (lambda msg: None)
@@ -263,8 +264,13 @@ class Mirror:
             run = client.create_run(exp_id, run_name=self.experiment,
                                     tags={ROLE_TAG: SWEEP_ROLE, "basin.sweep": self.experiment})
             parent, have = run.info.run_id, {}
-        for k, v in self.experiment_tags.items():  # what the UI opens with (see orchestrator/ui.py)
-            client.set_experiment_tag(exp_id, k, fill_ids(v, exp_id, parent))
+        try:  # what the UI opens with (see orchestrator/ui.py); the runs do not depend on it
+            for k, v in self.experiment_tags.items():
+                client.set_experiment_tag(exp_id, k, fill_ids(v, exp_id, parent))
+        except Exception as e:
+            if not _permanent(e):
+                raise
+            self.warn(f"MLflow: could not set the experiment's views ({_one_line(e)})")
         if self.sweep_text:
             try:  # the file of the latest run
                 client.log_text(parent, self.sweep_text, "sweep.yaml")

@@ -1,20 +1,22 @@
 """What the MLflow UI opens with for a sweep, and `basin ui` (MLflow's UI on a sweep's store, 127.0.0.1 only).
 
-MLflow 3.17 has no server-side default for the runs table, but a shared view: an experiment tag
-`mlflow.sharedViewState.<key>` holding the table's state as JSON (columns, their order and widths, grouping,
-sort), applied by the UI when the URL says `?viewStateShareKey=<key>`. Each sweep's experiment gets such
-views (see `experiment_tags`), and `basin ui` prints the URL that opens the default one in the UI's
-machine-learning view (`workflowType=machine_learning`; without it MLflow 3 opens in its GenAI mode):
+MLflow 3.17 has no server-side default for the runs table, but saved views: an experiment tag
+`mlflow.sharedViewState.<key>` holding a name and the table's state (columns, their order and widths,
+grouping, sort), listed in the runs page's Views menu and applied when the URL says
+`?viewStateShareKey=<key>`. Each sweep's experiment gets such views (see `experiment_tags`), and `basin ui`
+prints the URL that opens the default one in the UI's machine-learning view (`workflowType=machine_learning`;
+without it MLflow 3 opens in its GenAI mode):
 
     http://127.0.0.1:5000/#/experiments/<id>/runs?viewStateShareKey=basin&workflowType=machine_learning
 
-    basin           the sweep's axes and headline metrics first, grouped by seed group (averages over seeds)
-    basin-by-<axis> the same, grouped by one axis
-    basin-runs      the same, not grouped (the sweep's parent run with its trials nested under it)
+    basin           the sweep's axes and headline metrics first, one row per seed group (averages over seeds)
+    basin-by-<axis> the same, one row per value of one axis
+    basin-runs      the same, not grouped (the sweep's run with its trials nested under it)
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -22,16 +24,18 @@ import sys
 import time
 import urllib.request
 import webbrowser
+import zlib
 from typing import Any
 from urllib.parse import quote
 
 from orchestrator import tracking as T
 from orchestrator.cli import UserError
-from orchestrator.sweep import Sweep, is_uri, varying
+from orchestrator.sweep import Sweep, is_uri
 from trainers.config import FIELDS
 
 VIEW = "basin"
 VIEW_TAG = "mlflow.sharedViewState."
+MAX_TAG = 20_000  # characters in an experiment tag's value (mlflow.utils.validation)
 KIND_TAG, ML_KIND = "mlflow.experimentKind", "custom_model_development"  # the experiment's kind: not GenAI
 GROUP_TAG = "basin.group"      # a child run's seed group (its trial title without the seed), see sweep.Trial
 # Headline columns shown by default (the Brier scores are logged too: Columns menu).
@@ -45,15 +49,15 @@ def column(kind: str, name: str) -> str:
 
 def axis_columns(sweep: Sweep) -> list[tuple[str, str]]:
     """(mode, name) of the columns that hold the sweep's axes, in the file's order: a field axis is a param,
-    a group axis a tag of its own (its entry in words); fields that vary only through include rules follow."""
+    a group axis a tag of its own (its entry in words); fields that only include rules set follow."""
     out = [("param" if a in FIELDS else "tag", a) for a in sweep.axes]
     covered = {f for a in sweep.axes if a not in FIELDS for entry in sweep.axes[a] for f in entry} | set(sweep.axes)
-    included = {f for rule in sweep.include for f in (rule["then"] if "when" in rule else rule)}
-    return out + [("param", f) for f in varying(sweep) if f in included and f not in covered]
+    included = [f for rule in sweep.include for f in (rule["then"] if "when" in rule else rule)]
+    return out + [("param", f) for f in dict.fromkeys(included) if f not in covered]
 
 
-def view_state(sweep: Sweep, group_by: tuple[str, str] | None) -> str:
-    """The JSON of one shared view (see the module docstring)."""
+def view_state(sweep: Sweep, group_by: tuple[str, str] | None) -> dict[str, Any]:
+    """The state of one view (see the module docstring): the runs table's columns, grouping and sort."""
     def width(chars: int) -> int:  # pixels for a column of this many characters at the table's font
         return min(380, 36 + int(6.5 * chars))
 
@@ -76,7 +80,20 @@ def view_state(sweep: Sweep, group_by: tuple[str, str] | None) -> str:
         mode, name = group_by
         state["groupBy"] = {"aggregateFunction": "average", "groupByKeys": [{"mode": mode, "groupByData": name}]}
         state["groupsExpanded"] = {f"{mode}.{name}.{value}": False for value in group_values(sweep, group_by)}
-    return json.dumps(state)
+    return state
+
+
+def view_tag(title: str, state: dict[str, Any], when: int) -> str:
+    """A view as the UI saves one (3.17): an envelope with a name, shown in the runs page's Views menu (newest
+    first: `when`, ms), and the state deflated. A view too long for a tag (20,000 characters) drops its
+    collapsed-groups list (and then its column widths)."""
+    for drop in ((), ("groupsExpanded",), ("groupsExpanded", "columnWidths")):
+        packed = zlib.compress(json.dumps({k: v for k, v in state.items() if k not in drop}).encode())
+        value = json.dumps({"name": title, "createdAt": when, "updatedAt": when,
+                            "state": "deflate;" + base64.b64encode(packed).decode()})
+        if len(value) <= MAX_TAG:
+            break
+    return value
 
 
 def group_values(sweep: Sweep, group_by: tuple[str, str]) -> list[str]:
@@ -91,11 +108,12 @@ def group_values(sweep: Sweep, group_by: tuple[str, str]) -> list[str]:
     return list(dict.fromkeys(values))
 
 
-def views(sweep: Sweep) -> dict[str, tuple[str, str] | None]:
-    """Share key -> grouping of every view a sweep's experiment gets."""
-    out: dict[str, tuple[str, str] | None] = {VIEW: ("tag", GROUP_TAG)}
-    out.update({f"{VIEW}-by-{name}": (mode, name) for mode, name in axis_columns(sweep) if name != "seed"})
-    out[f"{VIEW}-runs"] = None
+def views(sweep: Sweep) -> dict[str, tuple[str, tuple[str, str] | None]]:
+    """Share key -> (title, grouping) of every view a sweep's experiment gets."""
+    out: dict[str, tuple[str, tuple[str, str] | None]] = {VIEW: ("basin: by seed group", ("tag", GROUP_TAG))}
+    out.update({f"{VIEW}-by-{name}": (f"basin: by {name}", (mode, name))
+                for mode, name in axis_columns(sweep) if name != "seed"})
+    out[f"{VIEW}-runs"] = ("basin: every run", None)
     return out
 
 
@@ -107,13 +125,16 @@ def runs_path(experiment_id: str, view: str = VIEW) -> str:
 def experiment_tags(sweep: Sweep) -> dict[str, str]:
     """Tags set on a sweep's experiment at every run: its kind, its views and a description linking them."""
     tags = {KIND_TAG: ML_KIND}
-    tags.update({VIEW_TAG + key: view_state(sweep, group) for key, group in views(sweep).items()})
-    links = ", ".join(f"[{key.removeprefix(VIEW + '-') if key != VIEW else 'by seed group'}]"
-                      f"({runs_path(T.EXPERIMENT_ID, key)[1:]})" for key in views(sweep))
+    now = int(time.time() * 1000)
+    tags.update({VIEW_TAG + key: view_tag(title, view_state(sweep, group), now - i)  # the default one on top
+                 for i, (key, (title, group)) in enumerate(views(sweep).items())})
+    links = ", ".join(f"[{title.removeprefix('basin: ')}]({runs_path(T.EXPERIMENT_ID, key)[1:]})"
+                      for key, (title, _) in views(sweep).items())
     parent = f"[{sweep.name}](#/experiments/{T.EXPERIMENT_ID}/runs/{T.PARENT_RUN_ID})"
     tags["mlflow.note.content"] = (f"{sweep.description}\n\n" if sweep.description else "") + \
-        f"basin sweep `{sweep.name}`, {len(sweep.trials)} trials. The trials with their axes and headline metrics, " \
-        f"grouped {links}. The sweep's own run {parent} holds its summary per seed group and its report."
+        f"basin sweep `{sweep.name}`, {len(sweep.trials)} trials. The trials with their axes and headline metrics " \
+        f"(also in the Views menu): {links}. The sweep's own run {parent} holds its summary per seed group and " \
+        "its report."
     return tags
 
 

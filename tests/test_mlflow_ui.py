@@ -6,12 +6,14 @@ its artifacts. Every run must show the sweep's axes and the same headline metric
 
 from __future__ import annotations
 
+import base64
 import json
 import statistics
 import subprocess
 import sys
 import urllib.parse
 import urllib.request
+import zlib
 from typing import Any
 
 import pytest
@@ -71,6 +73,13 @@ def experiment(base: str, name: str) -> tuple[str, dict[str, str]]:
     return exp["experiment_id"], {t["key"]: t["value"] for t in exp["tags"]}
 
 
+def saved_view(tag: str) -> tuple[str, dict[str, Any]]:
+    """A saved view as the UI reads one: an envelope with a name and the state, deflated and base64-encoded."""
+    envelope = json.loads(tag)
+    assert envelope["state"].startswith("deflate;")
+    return envelope["name"], json.loads(zlib.decompress(base64.b64decode(envelope["state"][8:])))
+
+
 def search(base: str, experiment_id: str, filter_: str) -> list[dict[str, Any]]:
     runs = rest(base, "runs/search", {"experiment_ids": [experiment_id], "filter": filter_, "max_results": 1000,
                                       "order_by": ["attributes.start_time ASC"]}).get("runs", [])
@@ -86,7 +95,8 @@ def test_the_runs_table_shows_axes_and_headline_metrics_for_every_method(ui):
     # `basin ui` printed the URL of the runs table in the machine-learning view, in basin's view
     assert url == f"{base}/#/experiments/{eid}/runs?viewStateShareKey=basin&workflowType=machine_learning"
     assert tags["mlflow.experimentKind"] == "custom_model_development"
-    view = json.loads(tags["mlflow.sharedViewState.basin"])
+    name, view = saved_view(tags["mlflow.sharedViewState.basin"])
+    assert name == "basin: by seed group"  # listed under this name in the runs page's Views menu
     axes = ["tags.`kind`", "params.`seed`"]
     headline = ["main/test_accuracy", "main/test_nll", "main/test_ece"]
     assert view["selectedColumns"][:2] == axes  # the axes first, then the headline metrics; no Dataset/Source
@@ -132,7 +142,7 @@ def test_filter_by_a_param_and_group_by_an_axis(ui):
     assert sorted(groups) == ["independent line", "line", "mimo point", "point", "swa point"]
     for runs in groups.values():
         assert len(runs) == 2 and all("main/test_accuracy" in r["metrics"] for r in runs)
-    by_kind = json.loads(tags["mlflow.sharedViewState.basin-by-kind"])  # `basin ui --group-by kind`
+    _, by_kind = saved_view(tags["mlflow.sharedViewState.basin-by-kind"])  # `basin ui --group-by kind`
     assert by_kind["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "kind"}]
 
 
@@ -155,3 +165,15 @@ def test_profiles_are_curves_and_the_parent_run_has_summary_and_report(ui):
         assert parent["metrics"][f"{prefix}/trials"] == 2
     files = rest(base, "artifacts/list", run_id=parent["id"], path="report")["files"]
     assert {"report/index.html", "report/figures", "report/tables"} <= {f["path"] for f in files}
+
+
+def test_a_view_too_large_for_a_tag_drops_its_collapsed_groups():
+    import uuid
+
+    from orchestrator.ui import MAX_TAG, view_tag
+
+    small = {"selectedColumns": ["params.`seed`"], "groupsExpanded": {"tag.basin.group.a": False}}
+    assert saved_view(view_tag("v", small, 1)) == ("v", small)
+    large = {**small, "groupsExpanded": {f"tag.basin.group.{uuid.uuid4().hex}": False for _ in range(3000)}}
+    tag = view_tag("v", large, 1)
+    assert len(tag) <= MAX_TAG and saved_view(tag) == ("v", {"selectedColumns": ["params.`seed`"]})
