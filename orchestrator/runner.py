@@ -17,6 +17,7 @@ import gc
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -398,6 +399,8 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
             summary.report_mlflow = attach_report(sweep, local_report, mirror.parent_id)
     if local_report:
         summary.report = store.path("report/index.html") if store.local else f"{sweep.dir}/report/index.html"
+        if not store.local:  # the local copy of a report that went to the results URI
+            shutil.rmtree(Path(local_report).parent, ignore_errors=True)
     _record_run(store, stamp, {**record, **summary.__dict__, "state": "finished", "ok": summary.ok,
                                 "finished_at": time.time()})
     _report(sweep, summary)

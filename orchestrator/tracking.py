@@ -96,6 +96,7 @@ class Mirror:
         self.logged: dict[str, set[int]] = {}      # trial key -> epoch steps its run has
         self.times_ms: dict[str, list[int | None]] = {}  # trial key -> the trial's own start and end (ms)
         self._found: set[str] = set()              # runs that existed before this mirror started
+        self._started: set[str] = set()            # trials whose start time the driver has passed on
         self._terminated: set[str] = set()         # runs not RUNNING (ended, or found ended)
         self._queue: list[tuple[str, str, Any]] = []
         self._pending: dict[str, _RunBuffer] = {}
@@ -126,8 +127,12 @@ class Mirror:
         self._put(key, "trial", (name, params, t))
 
     def times(self, key: str, start: float | None = None, end: float | None = None) -> None:
-        """The trial's start and end (seconds since the epoch, as in the trials table)."""
+        """The trial's start and end (seconds since the epoch, as in the trials table). The first start of a
+        trial wakes the thread: its run is created at once, not at the next periodic flush."""
         self._put(key, "times", (start, end))
+        if start is not None and key not in self._started:
+            self._started.add(key)
+            self._wake.set()
 
     def metrics(self, key: str, values: dict[str, float], step: int, epoch: bool = False) -> None:
         """Metrics at one step; with `epoch`, a step this trial's run already has is skipped."""
@@ -169,6 +174,7 @@ class Mirror:
     # -- the thread ---------------------------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
+            self._wake.clear()  # before draining: a wake-up that comes later is not lost
             stopping = self._stop.is_set()
             self._drain()
             if self._pending and (stopping or time.monotonic() >= self._retry_at):
@@ -178,7 +184,6 @@ class Mirror:
             if stopping:
                 return
             self._wake.wait(self.every)
-            self._wake.clear()
 
     def _drain(self) -> None:
         with self._lock:

@@ -145,6 +145,9 @@ def add_ui_args(p: Any) -> None:
     p.add_argument("--group-by", metavar="AXIS", help="open the runs grouped by this axis ('runs': not grouped; "
                                                       "default: by seed group)")
     p.add_argument("--no-browser", action="store_true", help="only print the URL")
+    p.add_argument("--tracking-uri", metavar="URL",
+                   help="a sweep on a tracking server: the server as reached from here, e.g. "
+                        "http://127.0.0.1:5000 through the SSH tunnel (default: the sweep's own `mlflow`)")
 
 
 def tracking_uri(folder: str) -> tuple[str, str]:
@@ -219,11 +222,14 @@ def _open(url: str) -> None:
 def cmd_ui(args: Any) -> int:
     folder = args.sweep.rstrip("/")
     name, uri, sweep = _saved(folder)
+    uri = args.tracking_uri or uri
+    T.quiet_http_defaults()  # a server out of reach fails in seconds, not after MLflow's retries
     if sweep is not None:
         refresh_views(uri, sweep)
     if uri.startswith(("http://", "https://")):
-        print(f"{args.sweep} logs to the tracking server {uri} (through an SSH tunnel for a cluster: "
-              f"ray dashboard / ssh -L); the sweep's runs:\n{sweep_url(uri.rstrip('/'), uri, name, args.group_by)}")
+        print(f"{args.sweep} logs to the tracking server {uri} (on a cluster, reach it through the SSH tunnel "
+              f"and give --tracking-uri http://127.0.0.1:5000); the sweep's runs:\n"
+              f"{sweep_url(uri.rstrip('/'), uri, name, args.group_by)}")
         return 0
     base = f"http://127.0.0.1:{args.port}"
     url = sweep_url(base, uri, name, args.group_by)  # checks --group-by before the server starts

@@ -78,13 +78,19 @@ def test_one_parquet_row_and_one_mlflow_run_per_trial(finished):
     assert {d.rsplit("-", 1)[0] for d in dirs} == {t.name for t in sweep.trials}
 
 
-def test_mlflow_server(ray_local, mlflow_server, tmp_path):
+def test_mlflow_server(ray_local, mlflow_server, tmp_path, capsys):
     path = sweep_file(tmp_path, "served", f"mlflow: {mlflow_server}\naxes:\n  seed: [0, 1]\n", {"shape": "line"})
     sweep = load_sweep(path)
     summary = run_sweep(sweep, every=1, report=False)
     assert summary.ok and not summary.mlflow_gap
     assert len(raw_trials(sweep.dir)) == 2
     assert_mirror_matches_parquet(mlflow_server, sweep)
+    # `basin ui` on a sweep that logs to a server prints the URL of its runs there (nothing to start)
+    capsys.readouterr()
+    assert main(["ui", sweep.dir, "--no-browser"]) == 0
+    eid = MlflowClient(mlflow_server).get_experiment_by_name("served").experiment_id
+    assert f"{mlflow_server}/#/experiments/{eid}/runs?viewStateShareKey=basin&workflowType=machine_learning" in \
+        capsys.readouterr().out
 
 
 def test_rerun_of_a_finished_sweep_runs_nothing(finished, capsys):
