@@ -9,11 +9,8 @@ from __future__ import annotations
 from functools import cached_property
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 
-from trainers.schema import SCHEMAS
+from trainers.folder import read_arrow
 
 # What identifies a row within one attempt of one trial.
 NATURAL_KEYS = {
@@ -24,24 +21,6 @@ NATURAL_KEYS = {
     "weights": ["epoch", "point"],
 }
 ID = ["sweep", "trial_key", "attempt"]
-
-
-def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and path for a local folder or a URI (s3://, gs://, file://)."""
-    if "://" in root:
-        return pafs.FileSystem.from_uri(root)
-    return pafs.LocalFileSystem(), str(root)
-
-
-def read_arrow(root: str, table: str, columns: list[str] | None = None) -> pa.Table:
-    """All files of one table as one Arrow table (empty, with the schema, when there are none)."""
-    fs, path = filesystem(str(root))
-    folder = f"{path.rstrip('/')}/{table}"
-    if fs.get_file_info(folder).type != pafs.FileType.Directory:
-        schema = SCHEMAS[table]
-        return schema.empty_table() if columns is None else pa.schema([schema.field(c) for c in columns]).empty_table()
-    dataset = ds.dataset(folder, format="parquet", filesystem=fs, schema=SCHEMAS[table])
-    return dataset.to_table(columns=columns)
 
 
 def chosen_attempts(trials: pd.DataFrame) -> pd.DataFrame:

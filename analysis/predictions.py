@@ -21,8 +21,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from analysis.load import ID, NATURAL_KEYS, filesystem
+from analysis.load import ID, NATURAL_KEYS
 from analysis.trials import as_results, barrier_centres, main_points
+from trainers.folder import filesystem
 from trainers.schema import SCHEMAS
 
 META = ["epoch", "split", "point", "kind", "member_of", "n_classes"]

@@ -27,7 +27,9 @@ from analysis import ensembles, load, tables
 from analysis.metrics import bin_index
 from analysis.trials import group_keys, main_point
 from trainers.config import make_config
-from trainers.results import SCHEMAS, to_arrow, trial_row, write_atomic
+from trainers.folder import Folder, to_arrow
+from trainers.results import trial_row
+from trainers.schema import SCHEMAS
 
 SHAPES = [dict(shape="point"), dict(shape="line"), dict(shape="curve"), dict(shape="simplex", endpoints=3)]
 NOISE = [0.0, 0.1, 0.2, 0.4, 0.6]
@@ -53,7 +55,7 @@ def write_folder(root: Path, n_trials: int, n: int, c: int, layout: str, seed: i
     def flush(name: str) -> None:
         if batch["trials"]:
             for t in ("evals", "predictions", "trials"):  # trials last, as trials do
-                write_atomic(pa.concat_tables(batch[t]), root / t / f"{name}.parquet")
+                Folder(str(root)).write_table(f"{t}/{name}.parquet", pa.concat_tables(batch[t]))
                 batch[t].clear()
 
     for i, cfg_vals in enumerate(configs(n_trials)):

@@ -10,6 +10,7 @@
    with the MLflow mirror (SQLite) and without it.
 3. Where the runner's time goes: Parquet writes, checkpoints, Tune reports (inside the trials) and the
    driver's MLflow thread, as a share of the trials' training time.
+4. The report `basin run` writes at the end of the quickstart (analysis.build_report), in seconds.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def through_runner(sweep) -> tuple[float, object]:
     from orchestrator.runner import run_sweep
 
     t0 = time.perf_counter()
-    summary = run_sweep(sweep, every=30)
+    summary = run_sweep(sweep, every=30, report=False)  # the report is timed apart ([4])
     assert summary.ok, summary.failed
     return time.perf_counter() - t0, summary
 
@@ -94,6 +95,13 @@ def main() -> None:
         print(f"[1] ratio runner / faster plain process: {wall / plain:.2f}x (target <= 1.15x); "
               f"without Ray start {(wall - ray_start) / plain:.2f}x")
         print(f"[3] quickstart: {shares(summary)}")
+        from orchestrator.runner import build_report
+        from orchestrator.store import Store
+
+        t0 = time.perf_counter()
+        build_report(sweep, Store(sweep.dir))
+        print(f"[4] the report basin run writes at the end (--no-report skips it): {time.perf_counter() - t0:.1f} s, "
+              f"{100 * (time.perf_counter() - t0) / wall:.0f}% of the run")
 
         # 2. trivial trials, one at a time: the runner's cost per trial
         if args.trivial:

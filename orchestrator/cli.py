@@ -12,9 +12,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("orchestrator.sweep", "check a sweep file and print its trial count and first trials"),
     "run": ("orchestrator.runner", "run a sweep on local Ray or a cluster (--address)"),
     "status": ("orchestrator.status", "list sweeps under a results folder, or follow a submitted job"),
-    "ui": ("orchestrator.status", "open the MLflow UI on a sweep's store (127.0.0.1)"),
+    "ui": ("orchestrator.ui", "open the MLflow UI on a sweep's runs (127.0.0.1)"),
     "compact": ("orchestrator.status", "merge a results folder's Parquet files into few large ones"),
-    "analyze": ("analysis.report", "write a report folder (figures, tables, index.html) from results"),
+    "analyze": ("orchestrator.analyze", "write a report folder (figures, tables, index.html) from results"),
     "submit": ("orchestrator.submit", "submit a sweep to a Ray cluster as a Ray job"),
     "logs": ("orchestrator.submit", "follow the logs of a submitted sweep job"),
 }

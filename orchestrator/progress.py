@@ -9,7 +9,7 @@ from typing import Any
 
 from ray import tune
 
-from orchestrator.tracking import Mirror
+from orchestrator.tracking import EPOCH_METRICS, Mirror
 
 
 def fmt_seconds(s: float) -> str:
@@ -32,8 +32,10 @@ class SweepCallback(tune.Callback):
     and mirrors each trial into MLflow."""
 
     def __init__(self, name: str, total: int, mirror: Mirror | None, every: float = 5.0,
-                 say: Callable[[str], None] = print, skipped: int = 0):
+                 say: Callable[[str], None] = print, skipped: int = 0,
+                 runs: dict[str, tuple[str, dict[str, str]]] | None = None):
         self.name, self.total, self.mirror, self.every, self.say = name, total, mirror, every, say
+        self.runs = runs or {}  # trial key -> its MLflow run's name and tags
         self.skipped = skipped
         self.done: set[str] = set()
         self.failed: dict[str, str] = {}       # trial key -> one-line error of its last attempt
@@ -59,7 +61,8 @@ class SweepCallback(tune.Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         t = self._trial(trial)
         if self.mirror:
-            self.mirror.trial(t["key"], t["name"], t["config"], {"sweep": self.name})
+            title, tags = self.runs.get(t["key"], (t["name"], {}))
+            self.mirror.trial(t["key"], title, t["config"], {"basin.trial_name": t["name"], **tags})
             self.mirror.status(t["key"], "RUNNING")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -77,11 +80,16 @@ class SweepCallback(tune.Callback):
                 self.timings[k] = self.timings.get(k, 0.0) + float(v)
         if not self.mirror:
             return
+        self.mirror.times(key, start=result.get("started_at"), end=result.get("finished_at"))
         for row in result.get("epochs") or []:  # coalesced epoch rows (see runner.TuneSink)
-            values = {k: row[k] for k in EPOCH_METRICS if isinstance(row.get(k), (int, float))}
+            values = {name: row[k] for k, name in EPOCH_METRICS.items() if isinstance(row.get(k), (int, float))}
             self.mirror.metrics(key, values, step=int(row["epoch"]), epoch=True)
         if kind == "final":
-            self.mirror.metrics(key, result.get("metrics", {}), step=int(result.get("final_epoch", 0)))
+            by_step: dict[int, dict[str, float]] = {}
+            for name, value, step in result.get("metrics") or []:  # see tracking.eval_metrics
+                by_step.setdefault(int(step), {})[name] = value
+            for step, values in sorted(by_step.items()):
+                self.mirror.metrics(key, values, step=step)
             self.mirror.tags(key, {"basin.status": "completed", "basin.seconds": f"{result.get('seconds', 0):.1f}"})
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -132,5 +140,3 @@ class SweepCallback(tune.Callback):
             err = None
         return one_line(str(err) if err is not None else "unknown error")
 
-
-EPOCH_METRICS = ("lr", "train_loss", "train_acc", "reg", "val_acc", "val_nll", "seconds", "samples_per_s")

@@ -17,21 +17,22 @@ import gc
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from orchestrator.cli import UserError
 from orchestrator.store import Store
 from orchestrator.sweep import Sweep, Trial, describe, is_uri, load_sweep
-from orchestrator.tracking import Mirror, eval_metrics
+from orchestrator.tracking import Mirror, eval_metrics, summary_metrics
 from trainers.config import TrialConfig
 
-STATE_FILE = "state.pt"
 POINTER_FILE = "basin_checkpoint.json"
 REPORT_EVERY_S = 2.0   # epoch rows are reported to Tune (and MLflow) at least this often, and at checkpoints
 # Tune's own loggers write a JSON/CSV line per result per trial; Parquet and MLflow cover that.
@@ -84,8 +85,9 @@ class TuneSink:
     to it to Tune. The finished trial's rows go to Parquet, then one last report with its final metrics."""
 
     def __init__(self, store: Store, sweep: str, key: str, name: str, attempt: int, resumed_from: int,
-                 epochs: int, fail_at: int = 0, fail_attempts: int | None = None):
+                 epochs: int, fail_at: int = 0, fail_attempts: int | None = None, started: float | None = None):
         self.store, self.sweep, self.key, self.name = store, sweep, key, name
+        self.started = time.time() if started is None else started  # this attempt's start (the run's start)
         self.attempt, self.resumed_from, self.epochs = attempt, resumed_from, epochs
         self.fail_at, self.fail_attempts = fail_at, fail_attempts
         self.written = False
@@ -98,7 +100,8 @@ class TuneSink:
 
         t0 = time.perf_counter()
         report = {"kind": kind, "attempt": self.attempt, "resumed_from_epoch": self.resumed_from,
-                  "epochs": self.pending, **(self.pending[-1] if self.pending else {}), **extra}
+                  "started_at": self.started, "epochs": self.pending, **(self.pending[-1] if self.pending else {}),
+                  **extra}
         if checkpoint_dir is None:
             tune.report(report)
         else:
@@ -108,8 +111,6 @@ class TuneSink:
         self.io["report_s"] += time.perf_counter() - t0
 
     def progress(self, epoch_row: dict[str, Any], state: dict[str, Any] | None) -> None:
-        from trainers.results import save_state
-
         epoch = int(epoch_row.get("epoch", 0))
         self.pending.append({k: v for k, v in epoch_row.items() if isinstance(v, (int, float))})
         last = epoch >= self.epochs  # its rows go with the final report, right after the evaluation
@@ -119,10 +120,7 @@ class TuneSink:
             # (O(trials) each) that CheckpointConfig(num_to_keep) triggers, and the state is written once.
             with tempfile.TemporaryDirectory(prefix="basin-ckpt-") as d:
                 t0 = time.perf_counter()
-                path = os.path.join(d, STATE_FILE)
-                save_state(state, path)
-                self.store.save_checkpoint(path, self.key)
-                os.remove(path)
+                self.store.save_checkpoint(self.key, state)
                 with open(os.path.join(d, POINTER_FILE), "w") as f:
                     json.dump({"trial_key": self.key, "epoch": state["epoch"], "attempt": self.attempt}, f)
                 self.io["checkpoint_s"] += time.perf_counter() - t0
@@ -145,8 +143,10 @@ class TuneSink:
         # every epoch once more: the mirror logs those it lacks (a report lost with a dead worker)
         self.pending = [{k: v for k, v in r.items() if isinstance(v, (int, float))} for r in tables.get("epochs", [])]
         trial = (tables.get("trials") or [{}])[0]
+        metrics = eval_metrics(tables.get("evals", []), trial.get("main_point") or "", trial.get("main_ensemble") or "",
+                               step=self.epochs)
         self._report("final", final_epoch=self.epochs, seconds=trial.get("seconds"),
-                     metrics=eval_metrics(tables.get("evals", [])), io=dict(self.io))
+                     finished_at=trial.get("finished_at"), metrics=[list(m) for m in metrics], io=dict(self.io))
 
 
 def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
@@ -177,7 +177,8 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                                         "tune_trial_id": tune.get_context().get_trial_id()})
     extra = cfg.extra or {}
     sink = TuneSink(store, ctx.sweep, key, name, attempt, resumed_from, cfg.epochs,
-                    fail_at=int(extra.get("basin_fail_at_epoch", 0)), fail_attempts=extra.get("basin_fail_attempts"))
+                    fail_at=int(extra.get("basin_fail_at_epoch", 0)), fail_attempts=extra.get("basin_fail_attempts"),
+                    started=started)
     try:
         run_trial(cfg, sink=sink, resume=resume)
     except Exception as e:
@@ -214,6 +215,8 @@ class Summary:
     failed: dict[str, str] = field(default_factory=dict)  # trial name -> error
     seconds: float = 0.0
     mlflow_gap: str = ""
+    report: str = ""                       # the report's index.html ("" when none was made)
+    report_mlflow: bool = False            # ... and whether it is attached to the parent MLflow run
     # seconds summed over this run's completed trials: training (trial rows' `seconds`), Parquet writes,
     # checkpoints, Tune reports; and the driver's MLflow thread busy time
     timings: dict[str, float] = field(default_factory=dict)
@@ -282,33 +285,37 @@ def check_resources(sweep: Sweep, local: bool) -> None:
     say(f"[{sweep.name}] warning: {msg}; trials wait until the cluster has such a node")
 
 
-def where_text(sweep: Sweep) -> str:
+def where_text(sweep: Sweep, report: str = "", report_mlflow: bool = False) -> str:
     """Where the results are and how to look at them (printed at the end of a run)."""
     rel = sweep.dir
     if not is_uri(sweep.dir) and not os.path.relpath(sweep.dir).startswith(".."):
         rel = os.path.relpath(sweep.dir)
     lines = [f"  Parquet: {sweep.dir}/{{trials,epochs,evals,predictions,weights}}/"]
+    if report:
+        lines.append(f"  Report:  {report}" + ("  (also artifacts report/ of the sweep's MLflow run)"
+                                               if report_mlflow else ""))
     if sweep.mlflow:
         lines.append(f"  MLflow:  {sweep.mlflow}")
         if sweep.mlflow.startswith("sqlite:"):
-            lines.append(f"           UI: basin ui {rel}   then open http://127.0.0.1:5000")
+            lines.append(f"           UI: basin ui {rel}   (prints the URL of the sweep's runs table)")
     lines += ["  pandas:", *(f"    {line}" for line in pandas_snippet(rel))]
     return "\n".join(lines)
 
 
 def pandas_snippet(folder: str) -> list[str]:
-    """Three lines that load a sweep and print mean test accuracy at the subspace centre per group."""
+    """Three lines that load a sweep and print mean test accuracy at each trial's main point per group."""
     return ["import analysis",
             f"r = analysis.load({folder!r})",
-            "print(r.evals.query(\"split == 'test' and kind == 'center'\").merge(r.trials[[\"trial_key\", \"method\", "
-            "\"shape\", \"layerwise\", \"label_noise\"]]).groupby([\"method\", \"shape\", \"layerwise\", "
-            "\"label_noise\"]).accuracy.mean())"]
+            "print(r.evals.merge(r.trials[[\"trial_key\", \"main_point\", \"method\", \"shape\", \"layerwise\", "
+            "\"label_noise\"]]).query(\"split == 'test' and point == main_point\").groupby([\"method\", \"shape\", "
+            "\"layerwise\", \"label_noise\"]).accuracy.mean())"]
 
 
 def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, num_cpus: int | None = None,
-              every: float = 5.0, dry_run: bool = False) -> Summary:
+              every: float = 5.0, dry_run: bool = False, report: bool = True) -> Summary:
     """Run (or continue) a sweep; returns what happened. Raises UserError before starting anything when
-    the sweep cannot run."""
+    the sweep cannot run. With `report`, the sweep's report (analysis.build_report) is written to
+    <sweep folder>/report/ at the end and attached to its parent MLflow run."""
     store = Store(sweep.dir)
     trials = sweep.trials
     if resume and not store.exists("sweep.yaml"):
@@ -344,11 +351,18 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
     _record_run(store, stamp, record)
     mirror = None
     if sweep.mlflow:
+        from orchestrator.ui import experiment_tags
+
         local_store = sweep.mlflow.startswith("sqlite:") and not is_uri(sweep.dir)
         mirror = Mirror(sweep.mlflow, sweep.name, sweep_text=sweep.text,
                         sweep_tags={"trials": len(trials), "axes": json.dumps(list(sweep.axes))},
                         artifact_location=f"file://{sweep.dir}/mlartifacts" if local_store else None,
-                        warn=lambda m: say(f"[{sweep.name}] warning: {m}")).start()
+                        warn=lambda m: say(f"[{sweep.name}] warning: {m}"),
+                        description=(sweep.description + "\n\n" if sweep.description else "")
+                        + f"The sweep `{sweep.name}` ({len(trials)} trials): its file (artifact sweep.yaml), "
+                          "per seed group the mean and std over seeds of each headline metric (metrics group/...) "
+                          "and the report of its latest run (artifacts report/index.html).",
+                        sweep_params=sweep_params(sweep), experiment_tags=experiment_tags(sweep)).start()
     started_ray = False
     try:
         started_ray = start_ray(address, num_cpus)
@@ -374,11 +388,19 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
             failed[by_key[key]] = str(r.error).strip().splitlines()[-1][:300]
     summary = Summary(sweep.name, len(trials), completed, skipped=len(done), ran=len(pending), failed=failed,
                       seconds=seconds, timings=dict(callback.timings))
+    local_report = build_report(sweep, store) if report and completed else None
     if mirror is not None:
         gap = mirror.close("FINISHED" if summary.ok else "FAILED",
-                           {"completed": completed, "failed": len(failed), "total": len(trials)})
+                           {"completed": completed, "failed": len(failed), "total": len(trials)},
+                           metrics=summary_metrics(sweep.dir, {t.key: t.group for t in trials}))
         summary.mlflow_gap = gap.describe(sweep.mlflow) if gap else ""
         summary.timings["mlflow_s"] = mirror.busy
+        if local_report and mirror.parent_id:
+            summary.report_mlflow = attach_report(sweep, local_report, mirror.parent_id)
+    if local_report:
+        summary.report = store.path("report/index.html") if store.local else f"{sweep.dir}/report/index.html"
+        if not store.local:  # the local copy of a report that went to the results URI
+            shutil.rmtree(Path(local_report).parent, ignore_errors=True)
     _record_run(store, stamp, {**record, **summary.__dict__, "state": "finished", "ok": summary.ok,
                                 "finished_at": time.time()})
     _report(sweep, summary)
@@ -390,8 +412,10 @@ def _fit(sweep: Sweep, pending: list[Trial], mirror: Mirror | None, every: float
     from ray.tune.schedulers import FIFOScheduler
 
     from orchestrator.progress import SweepCallback
+    from orchestrator.ui import GROUP_TAG
 
-    callback = SweepCallback(sweep.name, len(pending), mirror, every=every, say=say, skipped=skipped)
+    runs = {t.key: (t.title, {GROUP_TAG: t.group, **dict(t.axes)}) for t in pending}
+    callback = SweepCallback(sweep.name, len(pending), mirror, every=every, say=say, skipped=skipped, runs=runs)
     ctx = TrialContext(sweep=sweep.name, results=sweep.dir, threads=max(1, int(sweep.cpus)))
     trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx),
                                     {"cpu": sweep.cpus, "gpu": sweep.gpus})
@@ -419,6 +443,46 @@ def _fit(sweep: Sweep, pending: list[Trial], mirror: Mirror | None, every: float
     return callback, grid
 
 
+def sweep_params(sweep: Sweep) -> dict[str, Any]:
+    """The parent run's params: the sweep's base config, axes and resources."""
+    return {"trials": len(sweep.trials), "cpus": sweep.cpus, "gpus": sweep.gpus, "retries": sweep.retries,
+            "max_concurrent": sweep.max_concurrent, **{f"base.{k}": v for k, v in sweep.base.items()},
+            **{f"axis.{k}": v for k, v in sweep.axes.items()}}
+
+
+def build_report(sweep: Sweep, store: Store) -> str | None:
+    """The sweep's report (analysis.build_report) in <sweep folder>/report/ (written locally and copied there
+    when that is a URI); returns the local folder of the sweep's own page, None when it failed (a warning:
+    the results are complete either way)."""
+    from analysis.report import build_report as analysis_report
+
+    t0 = time.monotonic()
+    out = store.path("report") if store.local else tempfile.mkdtemp(prefix="basin-report-")
+    try:
+        reports = analysis_report(sweep.dir, out, sweeps=[sweep.name])
+        if not store.local:
+            for f in sorted(Path(out).rglob("*")):
+                if f.is_file():
+                    store.write_bytes(f"report/{f.relative_to(out).as_posix()}", f.read_bytes())
+    except Exception as e:
+        say(f"[{sweep.name}] warning: no report ({type(e).__name__}: {e}); `basin analyze {sweep.dir}` tries again")
+        return None
+    say(f"[{sweep.name}] report written in {time.monotonic() - t0:.0f}s")
+    return str(reports[0].folder) if reports else None
+
+
+def attach_report(sweep: Sweep, folder: str, run_id: str) -> bool:
+    """Log a sweep's report folder as artifacts (report/) of its parent run; False (and a warning) on failure."""
+    from orchestrator.analyze import log_report
+
+    try:
+        log_report(folder, sweep.mlflow, run_id)
+        return True
+    except Exception as e:
+        say(f"[{sweep.name}] warning: could not attach the report to MLflow ({type(e).__name__}: {e})")
+        return False
+
+
 def _record_run(store: Store, stamp: str, record: dict[str, Any]) -> None:
     """runs/<stamp>.json: written when a run starts (state running, pid) and when it ends (its summary);
     `basin status` tells a live run from an interrupted one by it."""
@@ -438,7 +502,7 @@ def _report(sweep: Sweep, s: Summary) -> None:
         say(f"  ... and {len(s.failed) - 20} more (see the trials table, status == 'failed')")
     if s.mlflow_gap:
         say(f"[{sweep.name}] warning: {s.mlflow_gap}")
-    say(where_text(sweep))
+    say(where_text(sweep, s.report, s.report_mlflow))
     if s.failed:
         say(f"  re-run `basin run {sweep.path}` to retry the failed trials (completed ones are kept)")
 
@@ -454,11 +518,13 @@ def add_run_args(p: Any) -> None:
     p.add_argument("--mlflow", help="MLflow tracking URI (overrides the file's `mlflow`; 'false' = off)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     p.add_argument("--every", type=float, default=5.0, metavar="S", help="seconds between progress lines")
+    p.add_argument("--no-report", action="store_true",
+                   help="skip the report at the end (<results>/<name>/report/, attached to the MLflow parent run)")
 
 
 def cmd_run(args: Any) -> int:
     mlflow = False if args.mlflow in ("false", "off", "none") else args.mlflow
     sweep = load_sweep(args.sweep, results=args.results, mlflow=mlflow)
     summary = run_sweep(sweep, address=args.address, resume=args.resume, num_cpus=args.num_cpus,
-                        every=args.every, dry_run=args.dry_run)
+                        every=args.every, dry_run=args.dry_run, report=not args.no_report)
     return 0 if summary.ok or args.dry_run else 1

@@ -1,13 +1,11 @@
-"""`basin status` (the sweeps under a results folder and their counts), `basin ui` (MLflow's UI on a
-sweep's store, 127.0.0.1 only) and `basin compact` (merge a sweep's many per-trial Parquet files)."""
+"""`basin status` (the sweeps under a results folder and their counts) and `basin compact` (merge a sweep's
+many per-trial Parquet files). `basin ui` is in orchestrator/ui.py."""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from typing import Any
@@ -17,23 +15,19 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from analysis.load import filesystem
 from orchestrator.cli import UserError
 from orchestrator.store import Store
-from orchestrator.sweep import is_uri, join, parse_sweep
+from orchestrator.sweep import join, parse_sweep
 from trainers.schema import SCHEMAS, TABLES
 
 COMPACT_ROW_GROUP_BYTES = 128 << 20
 
 
 def _children(root: str) -> list[str]:
-    fs, path = filesystem(root)
-    info = fs.get_file_info(path)
-    if info.type != pafs.FileType.Directory:
+    folder = Store(root)
+    if not folder.is_dir():
         raise UserError(f"{root}: no such results folder")
-    entries = fs.get_file_info(pafs.FileSelector(path))
-    return sorted(e.base_name for e in entries if e.type == pafs.FileType.Directory
-                  and not e.base_name.startswith("."))
+    return [e.base_name for e in folder.list() if e.type == pafs.FileType.Directory]
 
 
 def is_sweep_dir(folder: str) -> bool:
@@ -69,12 +63,11 @@ def saved_sweep(folder: str) -> Any:
 
 def last_run(store: Store) -> dict[str, Any] | None:
     """The newest record in runs/ (written by `basin run` at its start and end)."""
-    fs, path = filesystem(store.root)
     try:
-        entries = fs.get_file_info(pafs.FileSelector(f"{path.rstrip('/')}/runs"))
-    except (FileNotFoundError, OSError):
+        entries = store.list("runs")
+    except OSError:
         return None
-    names = sorted(e.base_name for e in entries if e.base_name.endswith(".json"))
+    names = [e.base_name for e in entries if e.base_name.endswith(".json")]
     if not names:
         return None
     data = store.read_bytes(f"runs/{names[-1]}")
@@ -159,65 +152,23 @@ def cmd_status(args: Any) -> int:
     return 0
 
 
-# -- basin ui ---------------------------------------------------------------------------------------------
-def add_ui_args(p: Any) -> None:
-    p.add_argument("sweep", help="a sweep's results folder, e.g. results/quickstart")
-    p.add_argument("--port", type=int, default=5000)
-
-
-def ui_command(folder: str, port: int) -> list[str] | str:
-    """The `mlflow ui` command for a sweep's local store, or the URL of its tracking server."""
-    sweep = saved_sweep(folder)
-    uri = sweep.mlflow if sweep else ""
-    if not uri and not is_uri(folder) and os.path.exists(os.path.join(folder, "mlflow.db")):
-        uri = f"sqlite:///{os.path.abspath(os.path.join(folder, 'mlflow.db'))}"
-    if not uri:
-        raise UserError(f"{folder}: no MLflow store for this sweep (was it run with mlflow: false?)")
-    if uri.startswith(("http://", "https://", "databricks")):
-        return uri
-    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
-        raise UserError(f"{folder}: the sweep's MLflow store {uri} does not exist yet")
-    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-            "--port", str(port), "--workers", "1"]
-
-
-def cmd_ui(args: Any) -> int:
-    cmd = ui_command(args.sweep.rstrip("/"), args.port)
-    if isinstance(cmd, str):
-        print(f"{args.sweep} logs to the tracking server {cmd}: open it in a browser (through an SSH tunnel "
-              "for a cluster: ray dashboard / ssh -L)")
-        return 0
-    print(f"MLflow UI for {args.sweep}: http://127.0.0.1:{args.port}  (Ctrl-C to stop)", flush=True)
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}  # no background job runners
-    try:
-        return subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:
-        return 0
-
-
 # -- basin compact ----------------------------------------------------------------------------------------
 def add_compact_args(p: Any) -> None:
     p.add_argument("sweep", help="a sweep's results folder (or a results folder: every sweep in it)")
 
 
 def compact_table(folder: str, table: str) -> tuple[int, int]:
-    """Merge a table's files into one: written whole under a temp name and renamed (a single PUT on object
-    stores), then the inputs are deleted. A crash in between leaves duplicates, which readers drop."""
-    fs, base = filesystem(folder)
-    tdir = f"{base.rstrip('/')}/{table}"
-    if fs.get_file_info(tdir).type != pafs.FileType.Directory:
-        return 0, 0
-    files = sorted(e.path for e in fs.get_file_info(pafs.FileSelector(tdir))
-                   if e.type == pafs.FileType.File and e.base_name.endswith(".parquet")
-                   and not e.base_name.startswith("."))
+    """Merge a table's files into one, written atomically (trainers.folder), then delete the inputs. A crash in
+    between leaves duplicates, which readers drop."""
+    store = Store(folder)
+    files = [e.path for e in store.list(table) if e.type == pafs.FileType.File and e.base_name.endswith(".parquet")]
     if len(files) <= 1:
         return len(files), 0
-    dataset = ds.dataset(files, format="parquet", filesystem=fs, schema=SCHEMAS[table])
+    dataset = ds.dataset(files, format="parquet", filesystem=store.fs, schema=SCHEMAS[table])
     name = f"compact-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
-    local = not is_uri(folder)
-    target = f"{tdir}/.{name}.tmp" if local else f"{tdir}/{name}"
     rows = 0
-    with pq.ParquetWriter(target, SCHEMAS[table], filesystem=fs, compression="zstd") as w:
+    with store.open_atomic(f"{table}/{name}") as out, \
+            pq.ParquetWriter(out, SCHEMAS[table], compression="zstd") as w:
         batch: list[pa.RecordBatch] = []
         size = 0
         for b in dataset.to_batches(batch_size=4096):
@@ -229,10 +180,8 @@ def compact_table(folder: str, table: str) -> tuple[int, int]:
                 batch, size = [], 0
         if batch:
             w.write_table(pa.Table.from_batches(batch, SCHEMAS[table]))
-    if local:
-        fs.move(target, f"{tdir}/{name}")
     for f in files:
-        fs.delete_file(f)
+        store.fs.delete_file(f)
     return len(files), rows
 
 

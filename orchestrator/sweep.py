@@ -34,15 +34,22 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MLFLOW_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "file", "databricks")
 # Results/storage URI schemes pyarrow's filesystems open.
 FS_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+REPLICATE = ("seed",)  # fields whose values are repeats of one configuration: a seed group is the rest
 DEFAULTS = dict(resources={"cpus": 1, "gpus": 0}, max_concurrent=0, retries=2, results="results")
 
 
 @dataclass(frozen=True)
 class Trial:
-    """One trial of a sweep: its stable key, a readable name (the varying fields' values) and config."""
+    """One trial of a sweep: its stable key, a readable name (the varying fields' values) and config.
+    `title` says the same in words (`line layerwise no batchnorm label_noise=0.2 seed=1`: the MLflow run
+    name), `group` likewise without the replicate fields (its seed group), and `axes` the trial's entry of
+    each group axis in words (`subspace`: `line layerwise`)."""
     key: str
     name: str
     config: TrialConfig
+    title: str = ""
+    group: str = ""
+    axes: tuple[tuple[str, str], ...] = ()
 
     @property
     def dirname(self) -> str:
@@ -437,7 +444,7 @@ def expand(sweep: Sweep) -> list[Trial]:
     if not seen:
         raise _fail(sweep.path, "exclude", f"no trials left ({before} before exclude)")
     varying = _varying(sweep, [c for c, _ in seen.values()])
-    trials = [Trial(key=k, name=_name(c, cand, varying), config=c) for k, (c, cand) in seen.items()]
+    trials = [_trial(k, c, cand, varying, sweep) for k, (c, cand) in seen.items()]
     names = [t.name for t in trials]
     if len(set(names)) != len(names):  # only in odd corner cases: keep names unique with the key
         trials = [dataclasses.replace(t, name=f"{t.name},key={t.key[:8]}") if names.count(t.name) > 1 else t
@@ -477,14 +484,55 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _name(cfg: TrialConfig, cand: Candidate, varying: list[str]) -> str:
-    """`shape=line,layerwise=true,seed=1`: the fields the sweep file sets for this trial (base, axes,
-    include), among those that vary across the sweep and matter for it (endpoints of a line drop out)."""
-    d = cfg.to_dict()
+def _shown(cfg: TrialConfig, cand: Candidate, varying: list[str]) -> list[str]:
+    """The fields a trial's name shows: those the sweep file sets for this trial (base, axes, include),
+    among those that vary across the sweep and matter for it (endpoints of a line drop out)."""
     _, where = cand
     skip = irrelevant(cfg)
-    parts = [f"{f}={_fmt(d[f])}" for f in varying if f in where and f not in skip]
-    return ",".join(parts) or "trial"
+    return [f for f in varying if f in where and f not in skip]
+
+
+def _name(cfg: TrialConfig, cand: Candidate, varying: list[str]) -> str:
+    """`shape=line,layerwise=true,seed=1`."""
+    d = cfg.to_dict()
+    return ",".join(f"{f}={_fmt(d[f])}" for f in _shown(cfg, cand, varying)) or "trial"
+
+
+def word(name: str, value: Any) -> str:
+    """One field in words: a string is its value (`line`), a flag its name or `no <name>`, a number
+    `name=value`."""
+    if isinstance(value, bool):
+        return name if value else f"no {name}"
+    if isinstance(value, str):
+        return value
+    return f"{name}={_fmt(value)}"
+
+
+def _trial(key: str, cfg: TrialConfig, cand: Candidate, varying: list[str], sweep: Sweep) -> Trial:
+    """A Trial with its words: the sweep's axes in the file's order (a group axis as its entry's fields), then
+    the fields that vary through include rules."""
+    d = cfg.to_dict()
+    shown = _shown(cfg, cand, varying)
+    skip = irrelevant(cfg)
+    _, where = cand
+    words: list[tuple[str, str]] = []   # (field, the field in words)
+    axes = []
+    covered: set[str] = set()
+    for axis, entries in sweep.axes.items():
+        if axis in FIELDS:
+            covered.add(axis)
+            words += [(axis, word(axis, d[axis]))] if axis in shown else []
+            continue
+        index = {int(m.group(1)) for w in where.values() if (m := re.match(rf"axes\.{re.escape(axis)}\[(\d+)]", w))}
+        if len(index) == 1:
+            entry = [f for f in entries[index.pop()] if f not in skip]
+            covered.update(entry)
+            words += [(f, word(f, d[f])) for f in entry]
+            axes.append((axis, " ".join(word(f, d[f]) for f in entry) or "-"))
+    words += [(f, word(f, d[f])) for f in shown if f not in covered]
+    title = " ".join(w for _, w in words) or "trial"
+    group = " ".join(w for f, w in words if f not in REPLICATE) or "all"
+    return Trial(key=key, name=_name(cfg, cand, varying), config=cfg, title=title, group=group, axes=tuple(axes))
 
 
 # -- basin validate ---------------------------------------------------------------------------------------

@@ -13,9 +13,11 @@ or resumed trial continues its own run; epochs it already logged are not logged 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -25,12 +27,20 @@ from typing import Any
 MAX_METRICS = 1000     # log_batch: at most 1000 metrics ...
 MAX_PARAMS = 100       # ... 100 params and 100 tags per call
 MAX_TAGS = 100
+MAX_PARAM_CHARS = 6000  # MLflow cuts longer param values (then they would look changed on the next run)
 MAX_PENDING = 500_000  # metrics held while the server is down, beyond that they are dropped (and counted)
+ROLE_TAG, SWEEP_ROLE, TRIAL_ROLE = "basin.role", "sweep", "trial"  # parent run / child runs of a sweep
+# In an experiment tag's value: replaced by the ids of the experiment and of the sweep's parent run.
+EXPERIMENT_ID, PARENT_RUN_ID = "{experiment_id}", "{parent_run_id}"
 # A trial's tags in MLflow besides its params: what one filters and groups by in the UI.
 TAG_FIELDS = ("shape", "method", "dataset", "model", "endpoints", "layerwise", "batchnorm", "label_noise", "seed")
 # Errors that will not go away by retrying (a bad value, a run that does not exist): drop and count.
 PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST", "INVALID_STATE",
              "RESOURCE_ALREADY_EXISTS", "PERMISSION_DENIED"}
+
+
+def fill_ids(text: str, experiment_id: str, parent_run_id: str) -> str:
+    return text.replace(EXPERIMENT_ID, experiment_id).replace(PARENT_RUN_ID, parent_run_id)
 
 
 def quiet_http_defaults() -> None:
@@ -70,9 +80,13 @@ class Mirror:
 
     def __init__(self, uri: str, experiment: str, sweep_tags: dict[str, str] | None = None,
                  sweep_text: str = "", artifact_location: str | None = None, every: float = 2.0,
-                 warn: Callable[[str], None] | None = None):
+                 warn: Callable[[str], None] | None = None, description: str = "",
+                 sweep_params: dict[str, Any] | None = None, experiment_tags: dict[str, str] | None = None):
         self.uri, self.experiment = uri, experiment
         self.sweep_tags, self.sweep_text = dict(sweep_tags or {}), sweep_text
+        self.description = description
+        self.sweep_params = {k: param(v)[:MAX_PARAM_CHARS] for k, v in (sweep_params or {}).items()}
+        self.experiment_tags = dict(experiment_tags or {})
         self.artifact_location, self.every = artifact_location, every
         self.warn = warn or (lambda msg: None)
         self.gap = Gap()
@@ -80,7 +94,9 @@ class Mirror:
         self.parent_id: str | None = None
         self.run_ids: dict[str, str] = {}          # trial key -> child run id
         self.logged: dict[str, set[int]] = {}      # trial key -> epoch steps its run has
+        self.times_ms: dict[str, list[int | None]] = {}  # trial key -> the trial's own start and end (ms)
         self._found: set[str] = set()              # runs that existed before this mirror started
+        self._started: set[str] = set()            # trials whose start time the driver has passed on
         self._terminated: set[str] = set()         # runs not RUNNING (ended, or found ended)
         self._queue: list[tuple[str, str, Any]] = []
         self._pending: dict[str, _RunBuffer] = {}
@@ -102,11 +118,21 @@ class Mirror:
         return self
 
     def trial(self, key: str, name: str, config: dict[str, Any], tags: dict[str, Any] | None = None) -> None:
-        """Make sure trial `key` has a child run (created with the config as params on first flush)."""
-        params = {k: _param(v) for k, v in config.items()}
-        t = {f"basin.{k}": str(v) for k, v in (tags or {}).items()}
-        t.update({k: _param(config[k]) for k in TAG_FIELDS if k in config})
+        """Make sure trial `key` has a child run named `name`, with the config as params (and `tags`). A new
+        run is created once its start time is known (`times`) or it ends, so that MLflow shows the trial's own
+        times rather than those of the driver's flushes."""
+        params = {k: param(v) for k, v in config.items()}
+        t = {k: param(config[k]) for k in TAG_FIELDS if k in config}
+        t.update({k: str(v) for k, v in (tags or {}).items()})
         self._put(key, "trial", (name, params, t))
+
+    def times(self, key: str, start: float | None = None, end: float | None = None) -> None:
+        """The trial's start and end (seconds since the epoch, as in the trials table). The first start of a
+        trial wakes the thread: its run is created at once, not at the next periodic flush."""
+        self._put(key, "times", (start, end))
+        if start is not None and key not in self._started:
+            self._started.add(key)
+            self._wake.set()
 
     def metrics(self, key: str, values: dict[str, float], step: int, epoch: bool = False) -> None:
         """Metrics at one step; with `epoch`, a step this trial's run already has is skipped."""
@@ -119,11 +145,13 @@ class Mirror:
         self._put(key, "status", status)
 
     def close(self, status: str = "FINISHED", summary: dict[str, Any] | None = None,
-              timeout: float = 30.0) -> Gap:
-        """Flush what is left (one more try even when the server was down), end the parent run, return
-        the gap. Waits at most `timeout` seconds."""
+              metrics: dict[str, float] | None = None, timeout: float = 30.0) -> Gap:
+        """Flush what is left (one more try even when the server was down), end the parent run (with
+        `summary` as tags and `metrics` as its metrics), return the gap. Waits at most `timeout` seconds."""
         if summary:
             self._put("", "tags", {f"basin.{k}": str(v) for k, v in summary.items()})
+        if metrics:
+            self.metrics("", metrics, step=0)
         self._put("", "status", status)
         self._closing = True
         self._stop.set()
@@ -146,6 +174,7 @@ class Mirror:
     # -- the thread ---------------------------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
+            self._wake.clear()  # before draining: a wake-up that comes later is not lost
             stopping = self._stop.is_set()
             self._drain()
             if self._pending and (stopping or time.monotonic() >= self._retry_at):
@@ -155,7 +184,6 @@ class Mirror:
             if stopping:
                 return
             self._wake.wait(self.every)
-            self._wake.clear()
 
     def _drain(self) -> None:
         with self._lock:
@@ -171,6 +199,10 @@ class Mirror:
                 buf.metrics += [(k, float(v), ts, step, epoch) for k, v in values.items() if v is not None]
             elif kind == "tags":
                 buf.tags.update(value)
+            elif kind == "times":
+                have = self.times_ms.setdefault(key, [None, None])  # kept across flushes, unlike the buffer
+                have[0] = int(value[0] * 1000) if have[0] is None and value[0] is not None else have[0]
+                have[1] = int(value[1] * 1000) if value[1] is not None else have[1]
             elif kind == "status":
                 buf.status = value
         held = sum(len(b.metrics) for b in self._pending.values())
@@ -185,8 +217,8 @@ class Mirror:
             for key in list(self._pending):
                 buf = self._pending[key]
                 try:
-                    self._flush_run(key, buf)
-                    del self._pending[key]
+                    if self._flush_run(key, buf):
+                        del self._pending[key]
                 except Exception as e:
                     if not _permanent(e):
                         raise
@@ -215,7 +247,7 @@ class Mirror:
         if self.parent_id is not None:
             return
         logging.getLogger("mlflow").setLevel(logging.WARNING)
-        from mlflow.entities import RunTag
+        from mlflow.entities import Param, RunTag
         from mlflow.tracking import MlflowClient
 
         client = self._client or MlflowClient(tracking_uri=self.uri)
@@ -228,22 +260,37 @@ class Mirror:
             exp_id = exp.experiment_id
             if exp.lifecycle_stage == "deleted":
                 client.restore_experiment(exp_id)
-        parents = client.search_runs([exp_id], "tags.`basin.role` = 'sweep'", max_results=1,
+        parents = client.search_runs([exp_id], f"tags.`{ROLE_TAG}` = '{SWEEP_ROLE}'", max_results=1,
                                      order_by=["attributes.start_time ASC"])
         if parents:
-            parent = parents[0].info.run_id
+            parent, have = parents[0].info.run_id, parents[0].data.params
             client.update_run(parent, status="RUNNING")
         else:
             run = client.create_run(exp_id, run_name=self.experiment,
-                                    tags={"basin.role": "sweep", "basin.sweep": self.experiment})
-            parent = run.info.run_id
-            if self.sweep_text:
-                try:
-                    client.log_text(parent, self.sweep_text, "sweep.yaml")
-                except Exception as e:  # an artifact store we cannot reach must not stop the metrics
-                    self.warn(f"MLflow: could not store sweep.yaml as an artifact ({_one_line(e)})")
-        if self.sweep_tags:
-            client.log_batch(parent, tags=[RunTag(f"basin.{k}", str(v)) for k, v in self.sweep_tags.items()])
+                                    tags={ROLE_TAG: SWEEP_ROLE, "basin.sweep": self.experiment})
+            parent, have = run.info.run_id, {}
+        try:  # what the UI opens with (see orchestrator/ui.py); the runs do not depend on it
+            for k, v in self.experiment_tags.items():
+                client.set_experiment_tag(exp_id, k, fill_ids(v, exp_id, parent))
+        except Exception as e:
+            if not _permanent(e):
+                raise
+            self.warn(f"MLflow: could not set the experiment's views ({_one_line(e)})")
+        if self.sweep_text:
+            try:  # the file of the latest run
+                client.log_text(parent, self.sweep_text, "sweep.yaml")
+            except Exception as e:  # an artifact store we cannot reach must not stop the metrics
+                self.warn(f"MLflow: could not store sweep.yaml as an artifact ({_one_line(e)})")
+        # Params cannot change: those of an edited sweep that differ from the first run's are listed in a tag
+        # (the current values are in the tags and in sweep.yaml).
+        params = [Param(k, v) for k, v in self.sweep_params.items() if have.get(k, v) == v]
+        changed = sorted(k for k, v in self.sweep_params.items() if have.get(k, v) != v)
+        tags = {f"basin.{k}": str(v) for k, v in self.sweep_tags.items()}
+        tags.update({"mlflow.note.content": self.description} if self.description else {})
+        tags.update({"basin.params_changed": ", ".join(changed)} if changed else {})
+        tag_list = [RunTag(k, v) for k, v in tags.items()]
+        for i in range(0, max(len(params), len(tag_list)), MAX_PARAMS):
+            client.log_batch(parent, params=params[i:i + MAX_PARAMS], tags=tag_list[i:i + MAX_TAGS])
         token = None
         while True:  # child runs of earlier runs of this sweep: a trial continues its own run
             page = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1000,
@@ -262,10 +309,10 @@ class Mirror:
                 break
         self.experiment_id, self.parent_id = exp_id, parent
 
-    def _flush_run(self, key: str, buf: _RunBuffer) -> None:
+    def _flush_run(self, key: str, buf: _RunBuffer) -> bool:
         """Send one run's buffer in as few calls as MLflow allows (a new trial that already finished: create,
         one log_batch with params, tags and metrics, terminate); what succeeded is removed from the buffer,
-        so a retry sends only the rest."""
+        so a retry sends only the rest. False: a new run waits for its start time (see `trial`)."""
         from mlflow.entities import Metric, Param, RunTag
 
         client = self._client
@@ -274,9 +321,13 @@ class Mirror:
         else:
             run_id = self.run_ids.get(key)
             if run_id is None:
-                tags = {"mlflow.parentRunId": self.parent_id, "basin.role": "trial",
+                start, _ = self.times_ms.get(key, (None, None))
+                if start is None and buf.status in (None, "RUNNING") and not self._closing:
+                    return False
+                tags = {"mlflow.parentRunId": self.parent_id, ROLE_TAG: TRIAL_ROLE,
                         "basin.sweep": self.experiment, "basin.trial_key": key, **buf.tags}
-                run_id = client.create_run(self.experiment_id, run_name=buf.name or key, tags=tags).info.run_id
+                run_id = client.create_run(self.experiment_id, run_name=buf.name or key, tags=tags,
+                                           start_time=start).info.run_id
                 self.run_ids[key] = run_id
                 buf.tags = {}
             elif key in self._found:
@@ -316,12 +367,15 @@ class Mirror:
             buf.tags = {x.key: x.value for x in tags}
         logged |= new_steps
         if buf.status:
-            client.set_terminated(run_id, status=buf.status)
+            end = self.times_ms.get(key, (None, None))[1] if buf.status == "FINISHED" else None
+            client.set_terminated(run_id, status=buf.status, end_time=end)
             self._terminated.add(key)
             buf.status = None
+        return True
 
 
-def _param(v: Any) -> str:
+def param(v: Any) -> str:
+    """A config value as an MLflow param."""
     return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else str(v)
 
 
@@ -334,15 +388,105 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[:300]}"
 
 
-def eval_metrics(evals: list[dict[str, Any]]) -> dict[str, float]:
-    """The evals rows of a finished trial as flat MLflow metric names: `test/center/accuracy`,
-    `test/alpha_0.50/nll`, `test/center/snow3/ece` (corrupted data: name and severity)."""
+# -- what a trial's run holds, by name ---------------------------------------------------------------------------
+# Per-epoch curves (step = epoch). Prefixed so that they open the run page: MLflow draws a section per prefix,
+# sorted by name, with unprefixed keys last.
+EPOCH_METRICS = {"train_loss": "epoch/train_loss", "train_acc": "epoch/train_acc", "val_acc": "epoch/val_acc",
+                 "val_nll": "epoch/val_nll", "reg": "epoch/reg", "lr": "epoch/lr",
+                 "seconds": "speed/seconds", "samples_per_s": "speed/samples_per_s"}
+# Headline: the same names for every method, from the point and the ensemble the trial is judged by
+# (trials.main_point / trials.main_ensemble): main/test_accuracy, main/ensemble_test_accuracy, ...
+HEADLINE = ("accuracy", "nll", "ece", "brier")
+MAIN, MAIN_ENSEMBLE = "main/test_", "main/ensemble_test_"
+# Families of points (a grid along α, over the simplex, endpoints, samples, snapshots, heads) are logged as one
+# key per metric with the index in the family as step, so MLflow draws them as curves:
+# landscape/alpha/test_accuracy. Any other point keeps its own name: test/center/accuracy.
+PROFILE_KINDS = ("alpha", "simplex", "endpoint", "sample", "random", "dropout", "gaussian", "pca", "snapshot",
+                 "member")
+PROFILE = "landscape"
+
+
+def headline_names(ensemble: bool = True) -> list[str]:
+    """main/test_accuracy, ... (and main/ensemble_test_accuracy, ... for trials with an ensemble)."""
+    return [f"{MAIN}{m}" for m in HEADLINE] + ([f"{MAIN_ENSEMBLE}{m}" for m in HEADLINE] if ensemble else [])
+
+
+def headline_metrics(evals: list[dict[str, Any]], main_point: str, main_ensemble: str) -> dict[str, float]:
+    """The headline metrics of one trial from its evals rows (clean test split)."""
     out = {}
+    for prefix, point in ((MAIN, main_point), (MAIN_ENSEMBLE, main_ensemble)):
+        for r in evals:
+            if point and r["point"] == point and r["split"] == "test" and not r.get("corruption"):
+                out.update({f"{prefix}{m}": float(r[m]) for m in HEADLINE if r.get(m) is not None})
+    return out
+
+
+def summary_metrics(folder: str, groups: dict[str, str]) -> dict[str, float]:
+    """Per seed group (`groups`: trial key -> group label), the mean and std over its completed trials of
+    each headline metric, read from Parquet, as metrics of the sweep's parent run:
+    `group/<label>/main_test_accuracy_mean`, ..._std, and `group/<label>/trials`."""
+    import statistics
+
+    import pyarrow.compute as pc
+
+    from trainers.folder import Folder
+
+    f = Folder(folder)
+    chosen: dict[str, dict[str, Any]] = {}  # the latest completed attempt of each trial
+    for r in f.read_arrow("trials", ["trial_key", "attempt", "status", "main_point", "main_ensemble"]).to_pylist():
+        if r["status"] == "completed" and r["trial_key"] in groups and \
+                r["attempt"] >= chosen.get(r["trial_key"], {}).get("attempt", -1):
+            chosen[r["trial_key"]] = r
+    evals = f.read_arrow("evals", ["trial_key", "attempt", "split", "point", "corruption", *HEADLINE])
+    evals = evals.filter(pc.equal(evals["split"], "test")).to_pylist()
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for r in evals:
+        if r["trial_key"] in chosen and r["attempt"] == chosen[r["trial_key"]]["attempt"]:
+            rows.setdefault(r["trial_key"], []).append(r)
+    values: dict[str, dict[str, list[float]]] = {}
+    for key, t in chosen.items():
+        group = values.setdefault(groups[key], {})
+        for name, v in headline_metrics(rows.get(key, []), t["main_point"] or "", t["main_ensemble"] or "").items():
+            group.setdefault(name, []).append(v)
+    out = {}
+    for label, metrics in values.items():
+        prefix = f"group/{metric_label(label)}"
+        out[f"{prefix}/trials"] = float(max((len(v) for v in metrics.values()), default=0))
+        for name, v in metrics.items():
+            stem = name.replace("/", "_")
+            out[f"{prefix}/{stem}_mean"] = statistics.fmean(v)
+            out[f"{prefix}/{stem}_std"] = statistics.stdev(v) if len(v) > 1 else 0.0
+    return out
+
+
+def metric_label(label: str) -> str:
+    """A label as part of an MLflow metric name (letters, digits, _ - . and spaces; no '/')."""
+    text = re.sub(r"[^\w.\- ]", "_", label.replace("=", " "))
+    return text if len(text) <= 150 else f"{text[:140]} {hashlib.sha1(label.encode()).hexdigest()[:8]}"
+
+
+def eval_metrics(evals: list[dict[str, Any]], main_point: str = "", main_ensemble: str = "",
+                 step: int = 0) -> list[tuple[str, float, int]]:
+    """A finished trial's evals rows as MLflow metrics (key, value, step): the headline (at `step`, the last
+    epoch), each family of points as profiles (`landscape/alpha/test_accuracy`, step = index in the family,
+    α ascending), and every other point under its own name (`test/center/accuracy`; corrupted data:
+    `test/center/snow3/nll`)."""
+    out = [(k, v, step) for k, v in headline_metrics(evals, main_point, main_ensemble).items()]
+    families: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in evals:
         if r.get("kind") == "cell":  # heat-map cells (method mpo): hundreds per trial, Parquet only
             continue
-        corr = f"/{r['corruption']}{r.get('severity') or ''}" if r.get("corruption") else ""
-        for m in ("accuracy", "nll", "brier", "ece"):
+        corr = f"{r['corruption']}{r.get('severity') or ''}" if r.get("corruption") else ""
+        if r.get("kind") in PROFILE_KINDS:
+            families.setdefault((r["kind"], r["split"], corr), []).append(r)
+            continue
+        for m in HEADLINE:
             if r.get(m) is not None:
-                out[f"{r['split']}/{r['point']}{corr}/{m}"] = float(r[m])
+                out.append((f"{r['split']}/{r['point']}{'/' + corr if corr else ''}/{m}", float(r[m]), step))
+    for (kind, split, corr), rows in families.items():
+        rows = sorted(rows, key=lambda r: r["alpha"]) if kind == "alpha" else rows
+        for i, r in enumerate(rows):
+            for m in HEADLINE:
+                if r.get(m) is not None:
+                    out.append((f"{PROFILE}/{kind}/{split}_{corr + '_' if corr else ''}{m}", float(r[m]), i))
     return out

@@ -5,11 +5,13 @@ process group) — never `ray stop` or a kill by name."""
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -65,6 +67,70 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) ->
         except OSError:
             time.sleep(0.3)
     raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def read_line(proc: subprocess.Popen, contains: str, timeout: float) -> tuple[str, str]:
+    """Read a process's text stdout until a line contains `contains`; (that line, everything read). A reader
+    thread hands lines over, so waiting is on the process's output, with `timeout` as a bound only."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen = []
+    deadline = time.monotonic() + timeout
+    while True:
+        line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        if line is None:
+            raise RuntimeError(f"process exited before printing {contains!r}:\n{''.join(seen)}")
+        seen.append(line)
+        if contains in line:
+            return line.strip(), "".join(seen)
+
+
+def assert_mirror_matches_parquet(uri: str, sweep) -> None:
+    """One child run per trial; a completed trial's is FINISHED, spans the trial's own times, and its epoch
+    curves, headline metrics, profiles and other evaluations equal the Parquet rows."""
+    from mlflow.tracking import MlflowClient
+
+    from analysis.load import load
+    from orchestrator.store import Store
+    from orchestrator.tracking import PROFILE_KINDS, headline_metrics
+
+    client = MlflowClient(tracking_uri=uri)
+    res = load(sweep.dir)
+    exp = client.get_experiment_by_name(sweep.name)
+    runs: dict[str, list] = {}
+    for r in client.search_runs([exp.experiment_id], "tags.`basin.role` = 'trial'", max_results=1000):
+        runs.setdefault(r.data.tags["basin.trial_key"], []).append(r)
+    assert sorted(runs) == sorted(res.trials.trial_key)
+    titles = {t.key: t.title for t in sweep.trials}
+    for t in res.trials[res.trials.status == "completed"].itertuples():
+        (run,) = runs[t.trial_key]
+        info, metrics = run.info, run.data.metrics
+        assert info.status == "FINISHED" and info.run_name == titles[t.trial_key]
+        assert info.start_time == int(Store(sweep.dir).attempts(t.trial_key)[0]["started_at"] * 1000)
+        assert info.end_time == int(t.finished_at * 1000)
+        ep = res.epochs[res.epochs.trial_key == t.trial_key].sort_values("epoch")
+        hist = sorted((m.step, m.value) for m in client.get_metric_history(info.run_id, "epoch/train_loss"))
+        assert hist == list(zip(ep.epoch.astype(int), ep.train_loss, strict=True))
+        ev = res.evals[res.evals.trial_key == t.trial_key]
+        headline = headline_metrics(ev.to_dict("records"), t.main_point, t.main_ensemble)
+        assert "main/test_accuracy" in headline and {k: metrics[k] for k in headline} == headline
+        for (kind, split), rows in ev.groupby(["kind", "split"]):
+            if kind in PROFILE_KINDS:
+                rows = rows.sort_values("alpha") if kind == "alpha" else rows
+                key = f"landscape/{kind}/{split}_accuracy"
+                got = sorted((m.step, m.value) for m in client.get_metric_history(info.run_id, key))
+                assert got == list(enumerate(rows.accuracy)), key
+            else:
+                for row in rows.itertuples():
+                    assert metrics[f"{split}/{row.point}/accuracy"] == row.accuracy
+                    assert metrics[f"{split}/{row.point}/nll"] == row.nll
+        assert run.data.params["seed"] == str(int(t.seed))
 
 
 @pytest.fixture(scope="module")

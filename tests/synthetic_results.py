@@ -1,6 +1,6 @@
 """A synthetic results folder with the rows each method of the trainer writes (points, members, ensembles,
 early stopping, Fort et al.'s samples, per-epoch trajectories, weights), written with the real Parquet
-writers (trainers.results.to_arrow / write_atomic): big sweeps for the report's layout tests in seconds.
+writers (trainers.folder.to_arrow / Folder.write_table): big sweeps for the report's layout tests in seconds.
 
 Probabilities are random but honest: each point's predictions are right with a probability that depends on
 its kind, so accuracies, ensembles and disagreements behave like a real run's.
@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from trainers.config import make_config
-from trainers.results import to_arrow, trial_row, write_atomic
+from trainers.folder import Folder, to_arrow
+from trainers.results import trial_row
 
 # Each variant: trial fields, and the points its method evaluates as (name, kind, member_of).
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -128,5 +129,5 @@ def write_study(root: Path, sweep: str = "synth", variants: Iterable[str] = tupl
                                           main_point=main, main_ensemble=ens, best_epoch=epochs - 1))
         count += 1
     for t in ("evals", "predictions", "weights", "trials"):  # trials last, as trials write them
-        write_atomic(to_arrow(t, tables[t]), root / t / "part-0.parquet")
+        Folder(str(root)).write_table(f"{t}/part-0.parquet", to_arrow(t, tables[t]))
     return count

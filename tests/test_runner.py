@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, end_group, free_port, write_sweep
+from conftest import ROOT, TINY, assert_mirror_matches_parquet, end_group, free_port, write_sweep
 from mlflow.tracking import MlflowClient
 
 from analysis.load import load, read_arrow
@@ -48,35 +48,13 @@ def runs_by_key(uri: str, experiment: str) -> dict[str, list]:
     return out
 
 
-def assert_mirror_matches_parquet(uri: str, sweep) -> None:
-    """One child run per trial; a completed trial's is FINISHED and its epoch and final metrics equal the
-    Parquet rows."""
-    client = MlflowClient(tracking_uri=uri)
-    res = load(sweep.dir)
-    runs = runs_by_key(uri, sweep.name)
-    assert sorted(runs) == sorted(res.trials.trial_key)
-    done = res.trials[res.trials.status == "completed"]
-    for key in done.trial_key:
-        (run,) = runs[key]
-        assert run.info.status == "FINISHED"
-        ep = res.epochs[res.epochs.trial_key == key].sort_values("epoch")
-        hist = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train_loss"))
-        assert hist == list(zip(ep.epoch.astype(int), ep.train_loss, strict=True))
-        ev = res.evals[res.evals.trial_key == key]
-        assert len(ev) > 0
-        for row in ev.itertuples():
-            assert run.data.metrics[f"{row.split}/{row.point}/accuracy"] == row.accuracy
-            assert run.data.metrics[f"{row.split}/{row.point}/nll"] == row.nll
-        assert run.data.params["seed"] == str(int(done[done.trial_key == key].seed.iloc[0]))
-
-
 @pytest.fixture(scope="module")
 def finished(ray_local, tmp_path_factory):
     """A small sweep run once (local SQLite MLflow), shared by the tests that inspect its results."""
     tmp = tmp_path_factory.mktemp("finished")
     path = sweep_file(tmp, "tiny", "axes:\n  shape: [point, line]\n  seed: [0, 1]\n")
     sweep = load_sweep(path)
-    return sweep, run_sweep(sweep, every=1)
+    return sweep, run_sweep(sweep, every=1, report=False)
 
 
 def test_one_parquet_row_and_one_mlflow_run_per_trial(finished):
@@ -100,19 +78,25 @@ def test_one_parquet_row_and_one_mlflow_run_per_trial(finished):
     assert {d.rsplit("-", 1)[0] for d in dirs} == {t.name for t in sweep.trials}
 
 
-def test_mlflow_server(ray_local, mlflow_server, tmp_path):
+def test_mlflow_server(ray_local, mlflow_server, tmp_path, capsys):
     path = sweep_file(tmp_path, "served", f"mlflow: {mlflow_server}\naxes:\n  seed: [0, 1]\n", {"shape": "line"})
     sweep = load_sweep(path)
-    summary = run_sweep(sweep, every=1)
+    summary = run_sweep(sweep, every=1, report=False)
     assert summary.ok and not summary.mlflow_gap
     assert len(raw_trials(sweep.dir)) == 2
     assert_mirror_matches_parquet(mlflow_server, sweep)
+    # `basin ui` on a sweep that logs to a server prints the URL of its runs there (nothing to start)
+    capsys.readouterr()
+    assert main(["ui", sweep.dir, "--no-browser"]) == 0
+    eid = MlflowClient(mlflow_server).get_experiment_by_name("served").experiment_id
+    assert f"{mlflow_server}/#/experiments/{eid}/runs?viewStateShareKey=basin&workflowType=machine_learning" in \
+        capsys.readouterr().out
 
 
 def test_rerun_of_a_finished_sweep_runs_nothing(finished, capsys):
     sweep, _ = finished
     before = sorted(os.listdir(f"{sweep.dir}/attempts"))
-    summary = run_sweep(load_sweep(sweep.path), resume=True)
+    summary = run_sweep(load_sweep(sweep.path), resume=True, report=False)
     assert summary.ok and summary.skipped == 4 and summary.ran == 0
     assert sorted(os.listdir(f"{sweep.dir}/attempts")) == before
     assert "4 completed earlier, 0 to run" in capsys.readouterr().out
@@ -152,7 +136,7 @@ retries: 1
 """, {"shape": "line", "epochs": 3})
     sweep = load_sweep(path)
     steady, flaky, broken = (t.key for t in sweep.trials)
-    summary = run_sweep(sweep, every=1)
+    summary = run_sweep(sweep, every=1, report=False)
     assert summary.completed == 2 and not summary.ok
     assert list(summary.failed) == [sweep.trials[2].name] and "injected failure" in summary.failed[sweep.trials[2].name]
 
@@ -184,7 +168,7 @@ retries: 1
 def test_unreachable_tracking_server_does_not_fail_the_sweep(ray_local, tmp_path, capsys):
     dead = f"http://127.0.0.1:{free_port()}"
     path = sweep_file(tmp_path, "offline", f"mlflow: {dead}\naxes:\n  seed: [0, 1]\n")
-    summary = run_sweep(load_sweep(path), every=1)
+    summary = run_sweep(load_sweep(path), every=1, report=False)
     assert summary.ok and summary.completed == 2
     assert dead in summary.mlflow_gap and "Parquet results are complete" in summary.mlflow_gap
     res = load(str(tmp_path / "results" / "offline"))
@@ -202,7 +186,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_local, tmp_p
     folder = sweep.dir
     with open(tmp_path / "run.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(path), "--num-cpus", "1",
-                                 "--every", "1"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                 "--every", "1", "--no-report"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
             deadline = time.monotonic() + 180
@@ -224,7 +208,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_local, tmp_p
     interrupted = [k for k in markers if markers[k] and k not in done]
     assert 2 <= len(done) < 5 and len(interrupted) == 1
 
-    summary = run_sweep(load_sweep(path), resume=True, every=1)
+    summary = run_sweep(load_sweep(path), resume=True, every=1, report=False)
     assert summary.ok and summary.skipped == len(done) and summary.ran == 5 - len(done)
     for key in done:  # finished trials did not run again
         assert store.attempts(key) == markers[key]

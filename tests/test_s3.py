@@ -90,6 +90,23 @@ def test_parquet_results_round_trip_through_s3(s3, trial_tables, tmp_path):
         assert getattr(remote, name).equals(getattr(local, name)), name
 
 
+def test_the_report_of_a_sweep_on_s3_goes_to_its_folder_there(s3, trial_tables):
+    """basin run's report for results on S3: written locally (to attach it to MLflow), copied to
+    <sweep>/report/ in the bucket."""
+    from orchestrator.runner import build_report
+    from orchestrator.store import Store
+    from orchestrator.sweep import parse_sweep
+
+    cfg, tables = trial_tables
+    sweep = parse_sweep({"name": "rep", "base": {"epochs": 2}}, "<test>", "", results=f"s3://{BUCKET}/results")
+    Store(sweep.dir).write_tables(tables, "rep", cfg.key(), 0)
+    folder = build_report(sweep, Store(sweep.dir))
+    assert folder is not None and (Path(folder) / "index.html").exists()
+    stored = keys(s3, "results/rep/report/")
+    assert "results/rep/report/index.html" in stored and "results/rep/report/rep/index.html" in stored
+    assert any(k.startswith("results/rep/report/rep/figures/") for k in stored)
+
+
 def test_storage_paths(monkeypatch):
     from orchestrator import storage
 

@@ -10,10 +10,10 @@ import sys
 import urllib.request
 
 import pytest
-from conftest import ROOT, end_group, free_port, wait_http
+from conftest import ROOT, end_group, free_port, read_line
 from mlflow.tracking import MlflowClient
 
-from orchestrator.tracking import MAX_METRICS, Mirror, eval_metrics
+from orchestrator.tracking import MAX_METRICS, Mirror, eval_metrics, headline_names
 from trainers.config import TrialConfig
 
 CONFIG = TrialConfig(shape="line", seed=3).to_dict()
@@ -58,6 +58,7 @@ def test_batches_and_one_child_run_per_trial_across_mirrors(uri, tmp_path):
     for step in (2, 3, 4):
         m2.metrics("k1", {"train_loss": 1.0 / step}, step=step, epoch=True)
     m2.trial("k2", "shape=line,seed=4", CONFIG)
+    m2.times("k2", start=1_700_000_000.25, end=1_700_000_003.5)  # the trial's own times, not the mirror's
     m2.status("k1", "FINISHED")
     m2.status("k2", "FINISHED")
     assert not m2.close()
@@ -73,6 +74,8 @@ def test_batches_and_one_child_run_per_trial_across_mirrors(uri, tmp_path):
     assert history(uri, k1.info.run_id, "train_loss") == [(s, 1.0 / s) for s in (1, 2, 3, 4)]
     assert len([k for k in k1.data.metrics if k.startswith("m")]) == len(wide)
     assert k1.data.metrics[f"m{len(wide) - 1}"] == float(len(wide) - 1)
+    k2 = next(r for r in kids if r.data.tags["basin.trial_key"] == "k2")
+    assert (k2.info.start_time, k2.info.end_time) == (1_700_000_000_250, 1_700_000_003_500)
 
 
 def test_unreachable_server_is_a_reported_gap_not_a_crash(tmp_path):
@@ -90,15 +93,30 @@ def test_unreachable_server_is_a_reported_gap_not_a_crash(tmp_path):
 
 
 def test_eval_metric_names():
-    rows = [dict(split="test", point="center", accuracy=0.9, nll=0.3, brier=0.1, ece=0.02, corruption="", severity=0),
-            dict(split="val", point="alpha_0.50", accuracy=0.8, nll=None, brier=0.2, ece=0.03, corruption="",
-                 severity=0),
-            dict(split="test", point="center", accuracy=0.5, nll=1.0, brier=0.6, ece=0.1, corruption="snow",
-                 severity=3)]
-    got = eval_metrics(rows)
-    assert got["test/center/accuracy"] == 0.9 and got["val/alpha_0.50/ece"] == 0.03
-    assert "val/alpha_0.50/nll" not in got and got["test/center/snow3/brier"] == 0.6
-    assert len(got) == 4 + 3 + 4
+    def row(split, point, kind, acc, alpha=None, corruption="", severity=0):
+        return dict(split=split, point=point, kind=kind, alpha=alpha, accuracy=acc, nll=1 - acc, brier=0.1,
+                    ece=0.02, corruption=corruption, severity=severity)
+
+    rows = [row("test", "center", "center", 0.9), row("test", "ensemble_endpoints", "ensemble", 0.95),
+            row("test", "alpha_1.00", "alpha", 0.7, alpha=1.0), row("test", "alpha_0.00", "alpha", 0.6, alpha=0.0),
+            row("test", "alpha_0.50", "alpha", 0.9, alpha=0.5), row("val", "alpha_0.00", "alpha", 0.5, alpha=0.0),
+            row("test", "center", "center", 0.5, corruption="snow", severity=3)]
+    got = eval_metrics(rows, "center", "ensemble_endpoints", step=7)
+    by_key: dict[str, list] = {}
+    for key, value, step in got:
+        by_key.setdefault(key, []).append((step, value))
+    # the headline: the same names for every method, from the trial's main point and ensemble, clean data only
+    assert by_key["main/test_accuracy"] == [(7, 0.9)] and by_key["main/ensemble_test_accuracy"] == [(7, 0.95)]
+    assert set(headline_names()) <= set(by_key)
+    # a grid of points is one key per metric, indexed along the grid (alpha ascending): a curve in MLflow
+    assert by_key["landscape/alpha/test_accuracy"] == [(0, 0.6), (1, 0.9), (2, 0.7)]
+    assert by_key["landscape/alpha/val_nll"] == [(0, 0.5)]
+    # other points keep their own names
+    assert by_key["test/center/accuracy"] == [(7, 0.9)] and by_key["test/center/snow3/accuracy"] == [(7, 0.5)]
+    assert not any("alpha_0" in k for k in by_key)
+    assert len(got) == 8 + 4 * 3 + 4 * 4  # headline, three single rows, four grid rows
+    # a trial without an ensemble has no ensemble headline
+    assert not any(k.startswith("main/ensemble") for k, _, _ in eval_metrics(rows[:1], "center", ""))
 
 
 def test_basin_ui_serves_the_sweeps_store(tmp_path):
@@ -112,17 +130,21 @@ def test_basin_ui_serves_the_sweeps_store(tmp_path):
     assert not m.close()
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", str(folder), "--port", str(port)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", str(folder), "--port", str(port),
+                             "--no-browser"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", 90, proc)
+        line, _ = read_line(proc, "MLflow UI for", 120)
         url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=uisweep"
         with urllib.request.urlopen(url, timeout=10) as r:
-            assert json.load(r)["experiment"]["name"] == "uisweep"
+            exp = json.load(r)["experiment"]
     finally:
         end_group(proc)
-    out = proc.stdout.read().decode()
-    assert f"http://127.0.0.1:{port}" in out.splitlines()[0]
+    assert exp["name"] == "uisweep"
+    # the URL opens the experiment's runs in the machine-learning view (a store without basin's views: the
+    # default view key still names the runs page)
+    assert f"http://127.0.0.1:{port}/#/experiments/{exp['experiment_id']}/runs?" in line
+    assert "workflowType=machine_learning" in line
 
 
 def test_basin_ui_without_a_store_is_one_line(tmp_path, capsys):

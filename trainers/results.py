@@ -1,57 +1,23 @@
-"""The results schema (one for every study), atomic Parquet writes, and the sinks a trial reports to.
+"""The sinks a trial reports to, a trials-table row, and checkpoints (torch.save with weights_only loading).
 
-Layout of a results folder: `<root>/<table>/<file>.parquet` for each table below. A trial writes one file
-per table when it finishes (few, larger files; `compact` merges them further). Every row carries
-`sweep`, `trial_key` (stable hash of the trial's config) and `attempt`; readers keep the latest
-completed attempt of each trial, so a retried trial never counts twice. The tables themselves are in
-trainers/schema.py (no torch, so analysis can read them cheaply); docs/schema.md describes them.
+The results format itself (the tables' schemas, Parquet reading and writing, local or on an object store)
+lives in trainers/schema.py and trainers/folder.py, which import no torch. Every row carries `sweep`,
+`trial_key` (stable hash of the trial's config) and `attempt`; readers keep the latest completed attempt of
+each trial, so a retried trial never counts twice.
 """
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from trainers.schema import ID, SCHEMAS, TABLES
+from trainers.folder import Folder, write_tables
 
-__all__ = ["ID", "SCHEMAS", "TABLES", "FolderSink", "Sink", "load_state", "save_state", "to_arrow", "trial_row",
-           "write_atomic", "write_rows", "write_tables"]
-
-def _column(rows: list[dict[str, Any]], name: str) -> list[Any]:
-    out = []
-    for r in rows:
-        v = r.get(name)
-        if isinstance(v, torch.Tensor):
-            v = v.detach().cpu().flatten().tolist()
-        out.append(v)
-    return out
-
-
-def to_arrow(table: str, rows: list[dict[str, Any]]) -> pa.Table:
-    """Rows (dicts) to an Arrow table of the table's schema; missing columns become nulls."""
-    schema = SCHEMAS[table]
-    return pa.Table.from_arrays([pa.array(_column(rows, f.name), f.type) for f in schema], schema=schema)
-
-
-def write_atomic(table: pa.Table, path: str | Path) -> None:
-    """Write Parquet to a temp name beside `path`, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
-
-
-def write_rows(root: str | Path, table: str, rows: list[dict[str, Any]], name: str) -> None:
-    if rows:
-        write_atomic(to_arrow(table, rows), Path(root) / table / f"{name}.parquet")
+__all__ = ["FolderSink", "Sink", "load_state", "save_state", "state_bytes", "trial_row", "write_tables"]
 
 
 def trial_row(cfg_dict: dict[str, Any], **fields: Any) -> dict[str, Any]:
@@ -94,28 +60,24 @@ class FolderSink:
 
     def finish(self, tables: dict[str, list[dict[str, Any]]]) -> None:
         tables = {**tables, "trials": [{**r, "name": self.name} for r in tables["trials"]]}
-        write_tables(self.root, tables, self.sweep, self.trial_key, self.attempt)
+        write_tables(str(self.root), tables, self.sweep, self.trial_key, self.attempt)
 
 
-def write_tables(root: str | Path, tables: dict[str, list[dict[str, Any]]], sweep: str, trial_key: str,
-                 attempt: int) -> None:
-    """Stamp identity columns on every row and write one file per table. The trials row goes last, so a
-    trial whose trials row exists has all its other rows on disk too."""
-    ident = {"sweep": sweep, "trial_key": trial_key, "attempt": attempt}
-    for table in sorted(tables, key=lambda t: t == "trials"):
-        rows = [{**r, **ident} for r in tables[table]]
-        write_rows(root, table, rows, f"{trial_key}-a{attempt}")
+def state_bytes(state: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
 
 
 def save_state(state: dict[str, Any], path: str | Path) -> None:
+    """torch.save, written atomically like every results file (trainers.folder)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    Folder(str(path.parent)).write_bytes(path.name, state_bytes(state))
 
 
-def load_state(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint safely: tensors and plain containers only (weights_only=True)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+def load_state(source: str | Path | bytes) -> dict[str, Any]:
+    """Load a checkpoint (a file or its bytes) safely: tensors and plain containers only (weights_only=True)."""
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    return torch.load(source, map_location="cpu", weights_only=True)
 

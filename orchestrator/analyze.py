@@ -1,0 +1,134 @@
+"""`basin analyze RESULTS --out DIR [--mlflow]`: the report (analysis.build_report) of one or more sweeps, and
+optionally each sweep's report folder logged as artifacts (under `report/`) of the sweep's parent MLflow run.
+`basin run` does the same at the end of a run by default (runner.attach_report).
+
+The parent run is found in the sweep's MLflow store (the `mlflow` URI of the sweep file saved in its folder,
+else sqlite:///<sweep folder>/mlflow.db, else $MLFLOW_TRACKING_URI) as the run tagged basin.role=sweep in
+the experiment named after the sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestrator.cli import UserError
+from orchestrator.store import Store
+from orchestrator.tracking import ROLE_TAG, SWEEP_ROLE
+
+
+def default_tracking_uri(source: str) -> str | None:
+    """The sweep's own store: the `mlflow` URI of the sweep file saved in its folder, else
+    sqlite:///<sweep folder>/mlflow.db when it exists, else $MLFLOW_TRACKING_URI."""
+    if "://" not in source:
+        saved = Store(source).read_bytes("sweep.yaml")
+        if saved is not None:
+            import yaml
+
+            try:
+                uri = (yaml.safe_load(saved) or {}).get("mlflow")
+            except (yaml.YAMLError, AttributeError):
+                uri = None
+            # a server or an absolute SQLite path; a relative one was relative to where the sweep ran
+            relative = isinstance(uri, str) and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////")
+            if isinstance(uri, str) and uri and not relative:
+                return uri
+        db = Path(source, "mlflow.db").absolute()
+        if db.exists():
+            return f"sqlite:///{db}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def sweep_run(client: Any, sweep: str) -> str | None:
+    """The id of the sweep's parent run: the first one tagged basin.role=sweep in the experiment named after
+    the sweep (the one the orchestrator keeps reusing when a sweep is run again)."""
+    exp = client.get_experiment_by_name(sweep)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = '{SWEEP_ROLE}'",
+                              order_by=["attributes.start_time ASC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def parent_run(sweep: str, source: str, tracking_uri: str | None = None) -> tuple[str, str]:
+    """(tracking URI, parent run id) of a sweep read from `source`; UserError when there is none."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri or default_tracking_uri(source)
+    if not uri:
+        raise UserError(f"sweep {sweep!r}: no MLflow store found (no {source}/mlflow.db); give --tracking-uri")
+    run_id = sweep_run(MlflowClient(tracking_uri=uri), sweep)
+    if run_id is None:
+        raise UserError(f"sweep {sweep!r}: no parent run tagged {ROLE_TAG}={SWEEP_ROLE} in "
+                        f"experiment {sweep!r} at {uri}")
+    return uri, run_id
+
+
+def log_report(folder: str | Path, uri: str, run_id: str) -> None:
+    """A sweep's report folder as artifacts (under report/) of its parent run."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=uri).log_artifacts(run_id, str(folder), artifact_path="report")
+
+
+def sweeps_in(results: str, only: list[str] | None) -> list[tuple[str, str]]:
+    """(results folder, sweep) for every sweep under RESULTS (restricted to `only`)."""
+    from analysis.load import load
+    from analysis.report import results_folders
+
+    out = []
+    for folder in results_folders(results):
+        trials = load(folder).trials
+        out += [(folder, s) for s in sorted(trials["sweep"].unique()) if len(trials) and (not only or s in only)]
+    return out
+
+
+# -- command line -----------------------------------------------------------------------------------------
+def add_analyze_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", metavar="RESULTS",
+                   help="a results folder (RESULTS/trials/...) or a folder of sweep folders; local or s3://")
+    p.add_argument("--out", default="report", help="report folder to write (default: ./report)")
+    p.add_argument("--sweep", action="append", default=None, help="only this sweep (repeatable)")
+    p.add_argument("--mlflow", action="store_true", help="also log each sweep's report to its parent MLflow run")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow store for --mlflow (default: <sweep folder>/mlflow.db, else $MLFLOW_TRACKING_URI)")
+    p.add_argument("--hue", default=None, help="config axis that colours the ensemble curves (e.g. label_noise)")
+    p.add_argument("--bins", type=int, default=None, help="confidence bins for ECE/reliability (default: ece_bins)")
+    p.add_argument("--subsets", type=int, default=10, help="random seed subsets per ensemble size (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed for subsets and t-SNE (default 0)")
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from analysis.report import build_report, results_folders
+
+    if args.bins is not None and args.bins < 1:
+        raise UserError(f"--bins: expected at least 1, got {args.bins}")
+    if args.subsets < 1:
+        raise UserError(f"--subsets: expected at least 1, got {args.subsets}")
+    if not results_folders(args.results):
+        raise UserError(f"{args.results}: no results found (expected {args.results}/trials/*.parquet "
+                        f"or {args.results}/<sweep>/trials/*.parquet)")
+    runs = {}
+    if args.mlflow:  # fail before the work, not after it
+        runs = {sweep: parent_run(sweep, folder, args.tracking_uri) for folder, sweep in
+                sweeps_in(args.results, args.sweep)}
+    t0 = time.time()
+    reports = build_report(args.results, args.out, hue=args.hue, bins=args.bins, n_subsets=args.subsets,
+                           seed=args.seed, sweeps=args.sweep)
+    if args.sweep and not reports:
+        raise UserError(f"--sweep: none of {', '.join(args.sweep)} found under {args.results}")
+    for rep in reports:
+        done = [i for i in rep.items if not i.skipped]
+        skipped = [i for i in rep.items if i.skipped]
+        print(f"{rep.sweep}: {sum(i.kind == 'figure' for i in done)} figures, "
+              f"{sum(i.kind == 'table' for i in done)} tables -> {rep.folder}"
+              + (f" ({len(skipped)} skipped: {', '.join(i.name for i in skipped)})" if skipped else ""))
+        if rep.sweep in runs:
+            uri, run_id = runs[rep.sweep]
+            log_report(rep.folder, uri, run_id)
+            print(f"{rep.sweep}: logged to MLflow run {run_id} (artifacts report/)")
+    print(f"report: {Path(args.out) / 'index.html'} ({time.time() - t0:.1f} s)")
+    return 0

@@ -1,0 +1,162 @@
+"""A results folder, local or on an object store (s3://bucket/prefix, gs://, hdfs://): the one place that reads
+and writes the results format (trainers/schema.py, docs/schema.md). Imports no torch, so the orchestrator's
+driver and analysis use it as cheaply as a trial does.
+
+    <root>/<table>/<trial key>-a<attempt>.parquet   one file per table and trial attempt (compaction merges them)
+
+Writes are atomic: on a local disk a file is written under a temp name beside its target and renamed; on
+an object store a single PUT already is (the object appears whole or not at all), so files go straight to
+their final name there. Readers therefore never see half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from trainers.schema import SCHEMAS
+
+__all__ = ["Folder", "filesystem", "is_uri", "read_arrow", "to_arrow", "write_tables"]
+
+
+def is_uri(path: str) -> bool:
+    return "://" in str(path)
+
+
+def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path on it, for a local folder or a URI (s3://, gs://, file://)."""
+    if is_uri(root):
+        return pafs.FileSystem.from_uri(str(root))
+    return pafs.LocalFileSystem(), str(root)
+
+
+def _value(v: Any, is_list: bool) -> Any:
+    """A plain Python value for Arrow. Tensors and arrays are duck-typed (anything with .tolist()), so this
+    module needs no torch: list columns take them flattened, scalar columns take .item()."""
+    if hasattr(v, "detach"):
+        v = v.detach().cpu()
+    if is_list and hasattr(v, "tolist") and hasattr(v, "flatten"):
+        return v.flatten().tolist()
+    if not is_list and hasattr(v, "item") and not isinstance(v, (str, bytes)):
+        return v.item()
+    return v
+
+
+def to_arrow(table: str, rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows (dicts) to an Arrow table of the table's schema; missing columns become nulls."""
+    schema = SCHEMAS[table]
+    cols = []
+    for f in schema:
+        is_list = pa.types.is_list(f.type)
+        cols.append(pa.array([_value(r.get(f.name), is_list) for r in rows], f.type))
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+class Folder:
+    """One folder of results. Every method takes paths relative to it ('trials/x.parquet')."""
+
+    def __init__(self, root: str):
+        self.root = str(root).rstrip("/") or "/"
+        self.local = not is_uri(self.root)
+        self._fs: tuple[pafs.FileSystem, str] | None = None
+
+    @property
+    def fs(self) -> pafs.FileSystem:
+        if self._fs is None:
+            self._fs = filesystem(self.root)
+        return self._fs[0]
+
+    def path(self, rel: str = "") -> str:
+        """The path of `rel` on self.fs."""
+        _ = self.fs
+        base = self._fs[1].rstrip("/")
+        return f"{base}/{rel}" if rel else base
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+
+    def is_dir(self, rel: str = "") -> bool:
+        return self.fs.get_file_info(self.path(rel)).type == pafs.FileType.Directory
+
+    def list(self, rel: str = "") -> list[pafs.FileInfo]:
+        """Entries directly under `rel` (none when it does not exist), hidden ones (.name) left out."""
+        if not self.is_dir(rel):
+            return []
+        return sorted((e for e in self.fs.get_file_info(pafs.FileSelector(self.path(rel)))
+                       if not e.base_name.startswith(".")), key=lambda e: e.base_name)
+
+    @contextlib.contextmanager
+    def open_atomic(self, rel: str) -> Iterator[pa.NativeFile]:
+        """A stream whose file appears, whole, at `rel` when the block ends without an error (see the module
+        docstring); after an error nothing is left at `rel`."""
+        target = self.path(rel)
+        self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        head, _, name = target.rpartition("/")
+        tmp = f"{head}/.{name}.{uuid.uuid4().hex}.tmp" if self.local else target
+        try:
+            with self.fs.open_output_stream(tmp) as f:
+                yield f
+        except BaseException:
+            if self.local:
+                with contextlib.suppress(OSError):
+                    self.fs.delete_file(tmp)
+            raise
+        if self.local:
+            self.fs.move(tmp, target)
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        with self.open_atomic(rel) as f:
+            f.write(data)
+
+    def read_bytes(self, rel: str) -> bytes | None:
+        """The file's bytes; None when it does not exist or cannot be read."""
+        try:
+            with self.fs.open_input_stream(self.path(rel)) as f:
+                return f.read()
+        except (FileNotFoundError, OSError):
+            return None
+
+    def delete(self, rel: str) -> None:
+        self.fs.delete_file(self.path(rel))
+
+    # -- Parquet ------------------------------------------------------------------------------------------------
+    def write_table(self, rel: str, table: pa.Table) -> None:
+        with self.open_atomic(rel) as f:
+            pq.write_table(table, f, compression="zstd")
+
+    def write_tables(self, tables: dict[str, list[dict[str, Any]]], sweep: str, trial_key: str,
+                     attempt: int) -> None:
+        """Stamp identity columns on every row and write one file per table. The trials row goes last, so a
+        trial whose trials row exists has all its other rows stored too."""
+        ident = {"sweep": sweep, "trial_key": trial_key, "attempt": attempt}
+        for table in sorted(tables, key=lambda t: t == "trials"):
+            rows = [{**r, **ident} for r in tables[table]]
+            if rows:
+                self.write_table(f"{table}/{trial_key}-a{attempt}.parquet", to_arrow(table, rows))
+
+    def read_arrow(self, table: str, columns: list[str] | None = None) -> pa.Table:
+        """All files of one table as one Arrow table (empty, with the schema, when there are none)."""
+        schema = SCHEMAS[table]
+        if not self.is_dir(table):
+            return schema.empty_table() if columns is None else \
+                pa.schema([schema.field(c) for c in columns]).empty_table()
+        dataset = ds.dataset(self.path(table), format="parquet", filesystem=self.fs, schema=schema)
+        return dataset.to_table(columns=columns)
+
+
+def write_tables(root: str, tables: dict[str, list[dict[str, Any]]], sweep: str, trial_key: str,
+                 attempt: int) -> None:
+    """Folder(root).write_tables(...)."""
+    Folder(str(root)).write_tables(tables, sweep, trial_key, attempt)
+
+
+def read_arrow(root: str, table: str, columns: list[str] | None = None) -> pa.Table:
+    """Folder(root).read_arrow(...)."""
+    return Folder(str(root)).read_arrow(table, columns)
