@@ -15,6 +15,7 @@ experiment named after the sweep.
 from __future__ import annotations
 
 import argparse
+import functools
 import html
 import os
 import re
@@ -27,7 +28,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.fs as pafs
 
-from analysis import calibration, diversity, ensembles, landscape, plots, tables
+from analysis import calibration, diversity, ensembles, landscape, plots, probes, tables
 from analysis.load import Results, filesystem, load
 from analysis.predictions import load_core
 from analysis.tables import Table
@@ -266,7 +267,7 @@ def build_report(results: str | Results, out: str | Path, hue: str | None = None
             b = bins or (int(view.trials["ece_bins"].mode().iloc[0]) if "ece_bins" in view.trials else 15)
             builder = _Builder(view, rep.folder, hue, b, n_subsets, max_points, seed)
             for step in (builder.ensemble_curves, builder.robustness, builder.calibration, builder.landscape,
-                         builder.diversity):
+                         builder.diversity, functools.partial(probes.section, builder)):  # analysis/probes.py
                 step()
             rep.items = builder.items
             write_html(rep.folder / "index.html", [rep], prefix="")

@@ -65,6 +65,16 @@ def evaluate(cfg: TrialConfig, method: Method, d: Data, g: torch.Generator, epoc
     return evals, preds
 
 
+def probes(cfg: TrialConfig, method: Method, d: Data, epoch: int) -> list[dict]:
+    """Rows of the probes table: Hessian, Goldilocks and stiffness probes at the points named by
+    `probe_points` (trainers/probes.py; imported only when asked: it needs curvlinops and SciPy)."""
+    if not cfg.probes:
+        return []
+    from trainers.probes import probe_rows
+
+    return probe_rows(cfg, method, d, epoch)
+
+
 def early_stop(method: Method, state: dict[str, torch.Tensor],
                xs: dict[str, torch.Tensor]) -> tuple[Point, dict[str, torch.Tensor]]:
     """The validation point of the best validation epoch's state; the trained state is put back after."""

@@ -96,6 +96,21 @@ class FolderSink:
         tables = {**tables, "trials": [{**r, "name": self.name} for r in tables["trials"]]}
         write_tables(self.root, tables, self.sweep, self.trial_key, self.attempt)
 
+    def endpoint_states(self, cfg: Any) -> list[dict[str, Any]]:
+        """The final states of the trials a connect trial names (trainers/references.py), from this folder's
+        trials table and checkpoints. Raises references.EndpointError naming what is missing."""
+        from trainers import references
+
+        folder = self.root / "trials"
+        rows = pq.ParquetDataset(folder, schema=SCHEMAS["trials"]).read(
+            columns=["trial_key", "attempt", "status", "name", "config_json"]).to_pylist() if folder.is_dir() else []
+        paths = [self.root / "checkpoints" / f"{k}.pt"
+                 for k in references.resolve(cfg.to_dict(), references.completed_candidates(rows))]
+        missing = [p.name for p in paths if not p.exists()]
+        if missing:
+            raise references.EndpointError(f"connect_endpoints: no checkpoint {', '.join(missing)} in {self.root}")
+        return [load_state(p) for p in paths]
+
 
 def write_tables(root: str | Path, tables: dict[str, list[dict[str, Any]]], sweep: str, trial_key: str,
                  attempt: int) -> None:

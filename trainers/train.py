@@ -19,7 +19,7 @@ import torch
 from trainers import data as datasets
 from trainers import methods
 from trainers.config import TrialConfig, sampler_list
-from trainers.evaluate import evaluate
+from trainers.evaluate import evaluate, probes
 from trainers.methods.base import Method, lr_factor, recompute_bn
 from trainers.metrics import classification_metrics
 from trainers.results import Sink, trial_row
@@ -77,9 +77,9 @@ def run_trial(cfg: TrialConfig, sink: Sink | None = None,
     started = time.time()
     device = pick_device(cfg.device)
     d = datasets.load(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.label_noise,
-                      cfg.noise_seed, cfg.augment).to(device)
+                      cfg.noise_seed, cfg.augment, cfg.num_classes).to(device)
     torch.manual_seed(cfg.seed)  # model initialisation only; everything later draws from `g`
-    method = methods.build(cfg, d, device)
+    method = methods.build(cfg, d, device, getattr(sink, "endpoint_states", None))
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     opt = make_optimizer(cfg, method.parameters())
     n = len(d.train_y)
@@ -166,6 +166,7 @@ def run_trial(cfg: TrialConfig, sink: Sink | None = None,
     evals, preds = evaluate(cfg, method, d, g, cfg.epochs, best, trajectory)
     records["evals"] += evals
     records["predictions"] += preds
+    records["probes"] = probes(cfg, method, d, cfg.epochs)
     finished = time.time()
     records["trials"] = [trial_row(cfg.to_dict(), name="", status="completed", error="", started_at=started,
                                    finished_at=finished, seconds=prior + finished - started, ran_on=str(device),
