@@ -36,7 +36,7 @@ from trainers.data import Data
 from trainers.methods.base import Method, Point, refresh_bn
 
 BATCH = 128             # examples per Hessian-vector product batch
-COLUMNS = 4             # vectors per batched Hessian product (memory grows with BATCH x COLUMNS)
+COLUMN_BUDGET = 1 << 24  # vectors per batched Hessian product: about this many / (BATCH x weights), 1 to 64
 GRAD_CHUNK = 32         # examples per vmap(grad) call
 EIG_TOL = 1e-4          # relative accuracy of the Lanczos eigenvalues
 DISTANCE_BINS = 10      # equal-count bins of input distance
@@ -62,9 +62,9 @@ class Columns(PyTorchLinearOperator):
 
     SELF_ADJOINT = True
 
-    def __init__(self, op: HessianLinearOperator, columns: int = COLUMNS):
+    def __init__(self, op: HessianLinearOperator):
         super().__init__(op._in_shape, op._out_shape)
-        self.op, self.columns = op, columns
+        self.op, self.columns = op, min(64, max(1, COLUMN_BUDGET // (BATCH * op.shape[0])))
 
     def _matmat(self, X: list[torch.Tensor]) -> list[torch.Tensor]:
         return [torch.cat([self.op._matmat([c])[0] for c in X[0].split(self.columns, dim=1)], dim=1)]
@@ -136,15 +136,19 @@ def per_example_grads(model: FlatModel, x: torch.Tensor, y: torch.Tensor) -> tor
     return torch.cat([grad(w, x[i:i + GRAD_CHUNK], y[i:i + GRAD_CHUNK]) for i in range(0, len(x), GRAD_CHUNK)])
 
 
+def pair_stiffness(grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, N) cosine stiffness cos(gᵢ, gⱼ) and sign stiffness sign(gᵢ·gⱼ) of per-example gradients (N, P)."""
+    g = grads.double()
+    return F.normalize(g, dim=1) @ F.normalize(g, dim=1).T, torch.sign(g @ g.T)
+
+
 def stiffness(grads: torch.Tensor, y: torch.Tensor, classes: int, x: torch.Tensor,
               bins: int = DISTANCE_BINS) -> dict[str, Any]:
     """Class stiffness matrices (cosine and sign, mean over pairs i ≠ j of each pair of classes), within- and
     between-class means, and cosine stiffness against input distance (equal-count bins)."""
-    g = F.normalize(grads.double(), dim=1)
-    cos = g @ g.T
-    sign = torch.sign(grads.double() @ grads.double().T)
+    cos, sign = pair_stiffness(grads)
     n = len(y)
-    off = ~torch.eye(n, dtype=torch.bool, device=g.device)
+    off = ~torch.eye(n, dtype=torch.bool, device=cos.device)
     onehot = F.one_hot(y, classes).double()
 
     def per_class(m: torch.Tensor) -> torch.Tensor:
@@ -153,7 +157,7 @@ def stiffness(grads: torch.Tensor, y: torch.Tensor, classes: int, x: torch.Tenso
         return (onehot.T @ m @ onehot) / pairs.clamp_min(1) + torch.where(pairs > 0, 0.0, float("nan"))
 
     same = (y[:, None] == y[None, :]) & off
-    iu = torch.triu_indices(n, n, 1, device=g.device)
+    iu = torch.triu_indices(n, n, 1, device=cos.device)
     dist = torch.cdist(x.flatten(1).double(), x.flatten(1).double())[iu[0], iu[1]]
     pair_cos = cos[iu[0], iu[1]]
     order = dist.argsort()
