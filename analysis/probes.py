@@ -53,6 +53,8 @@ def goldilocks_measures(results: Any) -> pd.DataFrame:
     if p.empty:
         return p
     metrics = ["trace_ratio", "positive_fraction", "loss"]
+    # w₀ (`origin`) depends on the seed and radius, not on d: its probes repeat across d, count them once
+    p = p[~p.duplicated(["sweep", "method", "seed", "hyperplane_radius", "point", "trace_ratio", "loss"])]
     hp = p["method"] == "hyperplane"
     parts = [mean_std(p[hp].assign(group_label="hyperplane"), ["sweep", "group_label", "point", "hyperplane_radius"],
                       metrics) if hp.any() else None,
@@ -125,15 +127,15 @@ def hessian_figure(spec: pd.DataFrame, cap: str) -> Figure:
     fig, axes = _figure("Top Hessian eigenvalues against the number of classes C", cap, ncols=2)
     classes = sorted(spec["classes"].unique())
     colors = _colors(classes)
+    for (c, *_), d in spec.groupby(["classes", "group", "point"], sort=False):  # a line per group and point
+        d = d.groupby("rank")["relative"].mean()
+        axes[0].plot(d.index, d.to_numpy(), marker="o", ms=2, lw=1, alpha=0.7, color=colors[c])
     for c in classes:
-        d = spec[spec["classes"] == c].groupby("rank")["relative"].agg(["mean", "std"]).reset_index()
-        axes[0].plot(d["rank"], d["mean"], marker="o", ms=3, color=colors[c], label=f"C = {c}")
-        axes[0].fill_between(d["rank"], d["mean"] - d["std"].fillna(0), d["mean"] + d["std"].fillna(0),
-                             color=colors[c], alpha=0.15, lw=0)
+        axes[0].plot([], [], color=colors[c], label=f"C = {c}")
         axes[0].axvline(c - 0.5, color=colors[c], ls=":", lw=1)
     axes[0].set_yscale("log")
     axes[0].set_xlabel("eigenvalue rank (dotted: between rank C-1 and C)")
-    axes[0].set_ylabel("λ / λ₁ (mean over trials and points)")
+    axes[0].set_ylabel("λ / λ₁ (a line per group and point: mean over seeds)")
     axes[0].grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     per = spec.drop_duplicates(ID + ["point"])
@@ -173,7 +175,7 @@ def stiffness(results: Any) -> pd.DataFrame:
 
 
 def stiffness_figure(st: pd.DataFrame, cap: str, max_panels: int = 3) -> Figure:
-    shown = st.head(max_panels)
+    shown = pd.concat([st.drop_duplicates("group"), st]).drop_duplicates(["group", "point"]).head(max_panels)
     fig, axes = _figure("Stiffness: class-by-class mean cos(gᵢ, gⱼ) of held-out examples, and against distance",
                         cap, ncols=len(shown) + 1, size=(4.2, 3.8))
     for ax, (_, r) in zip(axes, shown.iterrows(), strict=False):
@@ -197,6 +199,23 @@ def stiffness_figure(st: pd.DataFrame, cap: str, max_panels: int = 3) -> Figure:
 
 
 # -- mode connectivity ----------------------------------------------------------------------------------------
+def _connectors(ev: pd.DataFrame) -> list[str]:
+    return [f"{s}, {n} endpoints, {k} learned" for s, n, k in
+            zip(ev["shape"], ev["endpoints"], ev["connect_points"], strict=True)]
+
+
+def connect_points(results: Any, split: str = "test") -> pd.DataFrame:
+    """Per connector and kind of point (the fixed endpoints, random points of the learned set, the learned
+    vertices): mean, worst and count of the test NLL and accuracy over all such points of all its trials."""
+    ev = final_evals(results, split, "all", clean_only=True)
+    ev = ev[(ev["method"] == "connect") & ev["kind"].isin(["endpoint", "sample", "control"])] if len(ev) else ev
+    if ev.empty:
+        return pd.DataFrame()
+    g = ev.assign(connector=_connectors(ev)).groupby(["connector", "kind"])
+    return g.agg(points=("nll", "size"), nll_mean=("nll", "mean"), nll_max=("nll", "max"),
+                 accuracy_mean=("accuracy", "mean"), accuracy_min=("accuracy", "min")).round(4)
+
+
 def connect_curves(results: Any, split: str = "test") -> pd.DataFrame:
     """Mean ± std over connect trials of accuracy and NLL along the learned path (`path` = learned) and the
     straight line between the same endpoints (`path` = straight), per shape and number of learned vertices."""
@@ -205,8 +224,7 @@ def connect_curves(results: Any, split: str = "test") -> pd.DataFrame:
     if ev.empty:
         return pd.DataFrame()
     ev = ev.assign(path=np.where(ev["kind"] == "alpha", "learned", "straight"), alpha=ev["alpha"].round(6),
-                   connector=[f"{s}, {n} endpoints, {k} learned" for s, n, k in
-                              zip(ev["shape"], ev["endpoints"], ev["connect_points"], strict=True)])
+                   connector=_connectors(ev))
     return mean_std(ev, ["sweep", "connector", "path", "alpha"], ["nll", "accuracy"])
 
 
@@ -256,7 +274,8 @@ def section(b: Any) -> None:
         cols = ["trace_ratio_mean", "trace_ratio_std", "positive_fraction_mean", "loss_mean", "n"]
         b.table(simple_table("goldilocks", "Goldilocks measures: Tr(H)/‖H‖ and positive eigenvalues on a random "
                              "hyperplane", cap, gold,
-                             gold.set_index(["group_label", "point", "hyperplane_radius"])[cols].round(3)))
+                             gold.set_index([c for c in ("group_label", "point", "hyperplane_radius") if c in gold])
+                             [cols].round(3)))
     spec = hessian_spectra(view)
     if len(spec):
         cap = caption(trials_of(trials, spec))
@@ -282,3 +301,6 @@ def section(b: Any) -> None:
                  lambda: connect_figure(cc, cap))
         b.table(simple_table("connect", "Along the learned path and the straight line: worst mean test NLL and "
                              "accuracy", cap, cc, connect_summary(cc)))
+        pts = connect_points(view)
+        b.table(simple_table("connect_points", "The fixed endpoints, random points of the learned set and the "
+                             "learned vertices: test NLL and accuracy", cap, pts.reset_index(), pts))

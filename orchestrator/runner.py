@@ -28,7 +28,7 @@ from typing import Any
 from orchestrator.cli import UserError
 from orchestrator.store import Store
 from orchestrator.sweep import Sweep, Trial, describe, is_uri, load_sweep
-from orchestrator.tracking import Mirror, eval_metrics
+from orchestrator.tracking import Mirror, eval_metrics, probe_metrics
 from trainers.config import TrialConfig
 
 STATE_FILE = "state.pt"
@@ -152,7 +152,8 @@ class TuneSink:
         self.pending = [{k: v for k, v in r.items() if isinstance(v, (int, float))} for r in tables.get("epochs", [])]
         trial = (tables.get("trials") or [{}])[0]
         self._report("final", final_epoch=self.epochs, seconds=trial.get("seconds"),
-                     metrics=eval_metrics(tables.get("evals", [])), io=dict(self.io))
+                     metrics={**eval_metrics(tables.get("evals", [])), **probe_metrics(tables.get("probes", []))},
+                     io=dict(self.io))
 
 
 def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:

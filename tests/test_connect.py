@@ -149,6 +149,12 @@ axes:
     key = done[done.method == "connect"].trial_key.iloc[0]
     (run,) = client.search_runs([exp.experiment_id], f"tags.`basin.trial_key` = '{key}'")
     assert run.info.status == "FINISHED" and "test/center/nll" in run.data.metrics
+    point = done[(done.method == "subspace") & (done["shape"] == "point")].trial_key.iloc[0]
+    (run,) = client.search_runs([exp.experiment_id], f"tags.`basin.trial_key` = '{point}'")
+    row = p[(p.trial_key == point) & (p.probe == "hessian")].iloc[0]
+    assert run.data.metrics["probe/point/hessian_top"] == row.eigenvalues[0]
+    assert run.data.metrics["probe/point/hessian_trace"] == row.trace
+    assert {"probe/point/goldilocks_trace_ratio", "probe/point/stiffness_within"} <= set(run.data.metrics)
 
     out = tmp_path / "report"
     assert main(["analyze", sweep.dir, "--out", str(out)]) == 0
