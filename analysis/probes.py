@@ -16,8 +16,8 @@ from matplotlib.figure import Figure
 from analysis.load import ID
 from analysis.plots import _colors, _figure
 from analysis.tables import final_evals, mean_std, simple_table
-from analysis.trials import as_results, caption, trials_of, with_groups
-from trainers.config import DATASET_CLASSES
+from analysis.trials import as_results, caption, label, trials_of, varying_axes, with_groups
+from trainers.config import DATASET_CLASSES, FIELDS
 
 AXES = ["sweep", "group", "group_label"]
 
@@ -31,6 +31,8 @@ def _probes(results: Any, probe: str) -> pd.DataFrame:
         return pd.DataFrame()
     p = p[p["epoch"] == p.groupby(ID)["epoch"].transform("max")]
     t = with_groups(trials_of(results.trials, p))
+    axes = varying_axes(t, exclude=[f for f in FIELDS if f.startswith("probe")])  # labels without probe settings
+    t["group_label"] = [label(r, axes) for _, r in t[axes].iterrows()] if axes else "all"
     t["classes"] = [n or DATASET_CLASSES.get(d, 10) for n, d in zip(t["num_classes"], t["dataset"], strict=True)]
     return p.merge(t, on=ID, suffixes=("", "_trial"))
 
