@@ -27,7 +27,8 @@ def alpha_curves(results: Any, split: str = "test", metrics: Sequence[str] = MET
     `role` = "subspace" or "barrier" (the line between separately trained nets)."""
     results = as_results(results)
     ev = final_evals(results, split, "all", clean_only=True)
-    ev = ev[ev["alpha"].notna() & ev["kind"].isin(["alpha", "endpoint", "center"])] if len(ev) else ev
+    ev = ev[ev["alpha"].notna() & ev["kind"].isin(["alpha", "endpoint", "center"])
+            & (ev["method"] != "connect")] if len(ev) else ev  # connect trials: analysis/probes.py
     cols = ["sweep", "group", "group_label", "role", "alpha"]
     if ev.empty:
         return pd.DataFrame(columns=cols + ["n", "trials", "seeds"])

@@ -19,6 +19,7 @@ NATURAL_KEYS = {
     "evals": ["epoch", "split", "point", "corruption", "severity"],
     "predictions": ["epoch", "split", "point"],
     "weights": ["epoch", "point"],
+    "probes": ["epoch", "point", "probe"],
 }
 ID = ["sweep", "trial_key", "attempt"]
 
@@ -66,6 +67,10 @@ class Results:
     @cached_property
     def weights(self) -> pd.DataFrame:
         return self.table("weights")
+
+    @cached_property
+    def probes(self) -> pd.DataFrame:
+        return self.table("probes")
 
 
 def load(results: str) -> Results:

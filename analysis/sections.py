@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis import calibration, compare, corruptions, diversity, ensembles, landscape, patterns, plots, tables
+from analysis import calibration, compare, corruptions, diversity, ensembles, landscape, patterns, plots, probes, tables
 from analysis.predictions import Probs, load_core
 from analysis.tables import Table
 from analysis.trials import caption, fmt_value, label, setting_axes, with_groups
@@ -430,4 +430,6 @@ SECTIONS: list[Section] = [
             "The main point and main ensemble on corrupted test sets, by corruption and severity."),
     Section("loss-patterns", "Loss patterns", patterns.section,
             "Planes in weight space fitted to binary pictures (method mpo): heat maps and the colour gap."),
+    Section("probes", "Landscape probes", probes.section,
+            "Random hyperplanes (Goldilocks), Hessian spectra, stiffness and connecting curves (Fort et al.)."),
 ]

@@ -44,6 +44,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from trainers.data import DataError
+    from trainers.references import EndpointError
     from trainers.results import FolderSink, load_state
     from trainers.train import run_trial
 
@@ -55,7 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     resume = load_state(sink.checkpoint_path) if args.resume and sink.checkpoint_path.exists() else None
     try:
         tables = run_trial(cfg, sink, resume)
-    except DataError as e:
+    except (DataError, EndpointError) as e:  # EndpointError: a connect trial's endpoints are not in --out
         raise UserError(str(e)) from None
     print_summary(tables["evals"])
     print(f"results: {out}/  (analysis.load({str(out)!r}).evals)")

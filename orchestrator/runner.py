@@ -30,7 +30,7 @@ from typing import Any
 from orchestrator.cli import UserError
 from orchestrator.store import Store
 from orchestrator.sweep import Sweep, Trial, describe, is_uri, load_sweep
-from orchestrator.tracking import Mirror, eval_metrics, summary_metrics
+from orchestrator.tracking import Mirror, eval_metrics, probe_metrics, summary_metrics
 from trainers.config import TrialConfig
 
 POINTER_FILE = "basin_checkpoint.json"
@@ -133,6 +133,12 @@ class TuneSink:
         if self.fail_at and epoch >= self.fail_at and (self.fail_attempts is None or self.attempt < self.fail_attempts):
             raise RuntimeError(f"injected failure after epoch {self.fail_at} (extra.basin_fail_at_epoch)")
 
+    def endpoint_states(self, cfg: TrialConfig) -> list[dict[str, Any]]:
+        """A connect trial's endpoints: their final states from the results folder (orchestrator/connect.py)."""
+        from orchestrator.connect import endpoint_states
+
+        return endpoint_states(self.store, cfg)
+
     def finish(self, tables: dict[str, list[dict[str, Any]]]) -> None:
         for row in tables.get("trials", []):
             row["name"] = self.name
@@ -146,7 +152,9 @@ class TuneSink:
         metrics = eval_metrics(tables.get("evals", []), trial.get("main_point") or "", trial.get("main_ensemble") or "",
                                step=self.epochs)
         self._report("final", final_epoch=self.epochs, seconds=trial.get("seconds"),
-                     finished_at=trial.get("finished_at"), metrics=[list(m) for m in metrics], io=dict(self.io))
+                     finished_at=trial.get("finished_at"), io=dict(self.io),
+                     metrics=[list(m) for m in metrics]
+                     + [[k, v, self.epochs] for k, v in probe_metrics(tables.get("probes", [])).items()])
 
 
 def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
@@ -367,7 +375,7 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
     try:
         started_ray = start_ray(address, num_cpus)
         check_resources(sweep, local=not address)
-        callback, grid = _fit(sweep, pending, mirror, every, skipped=len(done))
+        callback, grid = _fit_stages(sweep, pending, mirror, every, len(done), store)
     except BaseException:
         if mirror is not None:  # what reached the mirror still goes to MLflow
             mirror.close("KILLED", timeout=10)
@@ -481,6 +489,34 @@ def attach_report(sweep: Sweep, folder: str, run_id: str) -> bool:
     except Exception as e:
         say(f"[{sweep.name}] warning: could not attach the report to MLflow ({type(e).__name__}: {e})")
         return False
+
+
+def _fit_stages(sweep: Sweep, pending: list[Trial], mirror: Mirror | None, every: float, skipped: int,
+                store: Store) -> tuple[Any, list[Any]]:
+    """`_fit`, in two stages when the sweep has connect trials (trainers/methods/connect.py): they start from
+    the final weights of other trials, so they run in a second Tune experiment after those; one whose
+    endpoints did not finish is not run and counts as failed (orchestrator/connect.py)."""
+    from orchestrator import connect
+    from orchestrator.progress import SweepCallback
+
+    first, second = connect.split(pending)
+    stages = [_fit(sweep, first, mirror, every, skipped)] if first else []
+    refused: dict[str, str] = {}
+    if second:
+        runnable, refused = connect.ready(second, store)
+        for t in second:
+            if t.key in refused:
+                say(f"[{sweep.name}] {t.name}: not run: {refused[t.key]}")
+        if runnable:
+            say(f"[{sweep.name}] {len(runnable)} connect trial(s) after the {len(first)} they start from")
+            stages.append(_fit(sweep, runnable, mirror, every, skipped + len(first)))
+    callback = stages[-1][0] if stages else SweepCallback(sweep.name, 0, None, say=say)
+    for earlier, _ in stages[:-1]:
+        callback.failed.update(earlier.failed)
+        for k, v in earlier.timings.items():
+            callback.timings[k] = callback.timings.get(k, 0.0) + v
+    callback.failed.update(refused)
+    return callback, [r for _, grid in stages for r in grid]
 
 
 def _record_run(store: Store, stamp: str, record: dict[str, Any]) -> None:

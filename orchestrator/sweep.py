@@ -138,6 +138,9 @@ def load_sweep(path: str | Path, results: str | None = None, mlflow: str | None 
     data, text = read_yaml(path)
     sweep = parse_sweep(data, str(path), text, results=results, mlflow=mlflow, storage=storage)
     _ = sweep.trials  # expansion validates every trial
+    from orchestrator.connect import check  # connect trials: their endpoints exist and can be connected
+
+    check(sweep)
     return sweep
 
 

@@ -490,3 +490,17 @@ def eval_metrics(evals: list[dict[str, Any]], main_point: str = "", main_ensembl
                 if r.get(m) is not None:
                     out.append((f"{PROFILE}/{kind}/{split}_{corr + '_' if corr else ''}{m}", float(r[m]), i))
     return out
+
+
+def probe_metrics(probes: list[dict[str, Any]]) -> dict[str, float]:
+    """The probes rows of a finished trial (trainers/probes.py) as MLflow metrics: `probe/center/hessian_top`,
+    `probe/center/hessian_trace`, `probe/origin/goldilocks_trace_ratio`, `probe/point/stiffness_within`, ..."""
+    wanted = {"hessian": ("trace",), "goldilocks": ("trace_ratio", "positive_fraction"),
+              "stiffness": ("within", "between")}
+    out = {}
+    for r in probes:
+        values = {m: r.get(m) for m in wanted.get(r["probe"], ())}
+        if r["probe"] == "hessian" and len(r.get("eigenvalues") or []):
+            values["top"] = r["eigenvalues"][0]
+        out.update({f"probe/{r['point']}/{r['probe']}_{m}": float(v) for m, v in values.items() if v is not None})
+    return out

@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "constant")
 # How weights are parametrised, trained and evaluated: one module per method in trainers/methods/ (the
 # registry there is the one place that names them). The names are repeated here so validation needs no torch.
-METHODS = ("subspace", "independent", "swa", "mimo", "mpo")
+METHODS = ("subspace", "independent", "swa", "mimo", "mpo", "hyperplane", "connect")
 # Fields that belong to one method: for any other method they keep their defaults, so a sweep that crosses
 # `method` with them folds duplicates (one subspace trial, not one per swa_lr) and trial names skip them.
 METHOD_FIELDS: dict[str, tuple[str, ...]] = {
@@ -30,6 +31,8 @@ METHOD_FIELDS: dict[str, tuple[str, ...]] = {
     "mimo": ("mimo_heads", "mimo_repeat_prob", "mimo_batch_repeats"),
     "mpo": ("mpo_pattern", "mpo_size", "mpo_fill", "mpo_mask_seed", "mpo_cells", "mpo_cap", "mpo_scale",
             "mpo_chunk", "mpo_margin", "mpo_eval_examples"),
+    "hyperplane": ("hyperplane_dim", "hyperplane_radius"),
+    "connect": ("connect_endpoints", "connect_points"),
 }
 # Packed trials (trainers/pack.py): trials that differ only in these fields can train as one batched pack,
 # when their method's step is "draw coefficients, cross-entropy there, + beta cos^2".
@@ -134,6 +137,24 @@ class TrialConfig:
     mpo_chunk: int = 16            # cells per vmapped pass: memory against speed (0 = all of a step at once)
     mpo_margin: int = 3            # heat maps: cells evaluated around the picture
     mpo_eval_examples: int = 2000  # heat maps: train and test examples per cell (0 = all)
+    # -- landscape probes (trainers/probes.py) and the hyperplane and connect methods (Fort et al.) ---------
+    # probes at points of the finished trial, one `probes` row each; BN in eval mode with the point's own statistics
+    probes: str = ""               # comma-separated subset of hessian, goldilocks, stiffness ("all" for every one)
+    probe_points: str = "main"     # comma-separated points (evals names); main = the trial's main point, or the
+    #                                first member of its main ensemble (endpoint_0 for independent)
+    probe_examples: int = 1000     # training examples for the Hessian; held-out (test) examples for stiffness
+    probe_top_k: int = 10          # top Hessian eigenvalues (Lanczos)
+    probe_trace_samples: int = 30  # Hutchinson matrix-vector products for the Hessian's trace
+    probe_hyperplane_dim: int = 20  # dimension of the random hyperplane of the Goldilocks measures
+    num_classes: int = 0           # keep only the first N classes of the data set (0 = all)
+    # hyperplane (Fort & Scherlis; Li et al.): shape point; only d coordinates theta are trained, w = w0 + P theta
+    hyperplane_dim: int = 100      # d
+    hyperplane_radius: float = 1.0  # w0 = radius x the model's initialisation (so |w0| = radius x |init|)
+    # connect (Garipov et al.; Fort & Jastrzebski): shape curve (a learned control point between 2 endpoints) or
+    # simplex (connect_points learned vertices shared by the simplices of each endpoint); the endpoints are fixed,
+    # finished standard-training trials of the same sweep (trainers/references.py)
+    connect_endpoints: str = ""    # their trial keys (k1,k2) or an axis and its values (seed=0,1)
+    connect_points: int = 1        # learned vertices (shape curve: 1)
     # runtime
     device: str = "auto"           # auto | cpu | cuda | cuda:N
     amp: bool = False              # bf16 autocast on CUDA; the training images then stay on the GPU in bf16
@@ -332,6 +353,7 @@ def _check_values(c: TrialConfig, prefix: str) -> None:
         need(c.mpo_chunk >= 0, "mpo_chunk", "0 (all cells at once) or more")
         need(c.mpo_margin >= 0, "mpo_margin", "0 or more cells")
         need(c.mpo_eval_examples >= 0, "mpo_eval_examples", "0 (all) or more")
+    _check_landscape(c, need)
 
 
 def swa_start(c: TrialConfig) -> int:
@@ -347,3 +369,81 @@ def _mimo_problem(model: str, dataset: str, width: int, heads: int) -> str:
     from trainers.models import mimo_problem
 
     return mimo_problem(model, dataset, width, heads)
+
+
+# -- landscape probes, hyperplane, connect ---------------------------------------------------------------
+PROBES = ("hessian", "goldilocks", "stiffness")
+DATASET_CLASSES = {"cifar100": 100}  # classes of each data set (10 unless listed)
+
+
+def probe_list(value: str) -> list[str]:
+    """The `probes` field as a list ("all" = every probe)."""
+    return list(PROBES) if value.strip() == "all" else [p.strip() for p in value.split(",") if p.strip()]
+
+
+def probe_point_names(c: TrialConfig) -> list[str]:
+    """The points of a trial that probes can visit (each a point of its evaluation with fixed weights)."""
+    grid = [f"{i / (c.alpha_grid - 1):.2f}" for i in range(c.alpha_grid)]
+    ends = [f"endpoint_{i}" for i in range(c.endpoints)]
+    if c.method in ("subspace", "independent") and c.shape != "point":
+        k = c.simplex_grid
+        tri = [f"simplex_{i}_{j}_{k - i - j}" for i in range(k + 1) for j in range(k + 1 - i)]
+        return [*ends, "center", *([f"alpha_{a}" for a in grid] if c.shape in ("line", "curve") else
+                                   tri if c.endpoints == 3 else [])]
+    if c.method == "connect":
+        return [*ends, *(f"control_{j}" for j in range(c.connect_points)), "center", *(f"alpha_{a}" for a in grid),
+                *(f"line_{a}" for a in grid)]
+    return {"swa": ["swa", "point"], "hyperplane": ["point", "origin"]}.get(c.method, ["point"])
+
+
+def _short(names: list[str]) -> str:
+    """A point list for one line: each grid (alpha_, line_, simplex_) as its first and last name."""
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(n.split("_")[0] if n.startswith(("alpha_", "line_", "simplex_")) else n, []).append(n)
+    return ", ".join(g[0] if len(g) == 1 else f"{g[0]} .. {g[-1]}" for g in groups.values())
+
+
+def _check_landscape(c: TrialConfig, need: Callable[[bool, str, str], None]) -> None:
+    from trainers.references import syntax_problem
+
+    probes = probe_list(c.probes)
+    need(all(p in PROBES for p in probes), "probes", f"a comma-separated subset of {', '.join(PROBES)}, or all")
+    need(not probes or c.method != "mimo", "probes", "none for method mimo (its heads share one network)")
+    known = probe_point_names(c)
+    missing = [p for p in probe_list(c.probe_points) if p != "main" and p not in known]
+    need(not probes or not missing, "probe_points",
+         f"main or points of this trial ({_short(known)}); there is no {', '.join(missing)}")
+    need(not probes or bool(probe_list(c.probe_points)), "probe_points", "at least one point")
+    need(c.probe_examples >= 2, "probe_examples", "at least 2")
+    need(c.probe_top_k >= 1, "probe_top_k", "at least 1")
+    need(c.probe_trace_samples >= 1, "probe_trace_samples", "at least 1")
+    need(c.probe_hyperplane_dim >= 2, "probe_hyperplane_dim", "at least 2")
+    n_cls = DATASET_CLASSES.get(c.dataset, 10)
+    need(c.num_classes == 0 or 2 <= c.num_classes <= n_cls, "num_classes", f"0 (all) or 2 to {n_cls} for {c.dataset}")
+    if c.method == "hyperplane":
+        need(c.shape == "point", "shape", "point for method hyperplane (it trains one network)")
+        n = _n_params(c.model, c.dataset, c.width, c.batchnorm, c.num_classes)
+        need(1 <= c.hyperplane_dim <= n, "hyperplane_dim", f"between 1 and the model's {n} parameters")
+        need(c.hyperplane_radius > 0, "hyperplane_radius", "a positive multiple of the initialisation")
+    if c.method == "connect":
+        need(c.shape in ("curve", "simplex"), "shape", "curve or simplex for method connect")
+        need(not c.layerwise, "layerwise", "false for method connect")
+        need(not syntax_problem(c.connect_endpoints, c.endpoints), "connect_endpoints",
+             syntax_problem(c.connect_endpoints, c.endpoints))
+        need(c.connect_points >= 1 and (c.shape == "simplex" or c.connect_points == 1), "connect_points",
+             "1 for a curve, at least 1 for a simplex")
+
+
+@functools.lru_cache(maxsize=64)
+def _n_params(model: str, dataset: str, width: int, batchnorm: bool, num_classes: int) -> int:
+    """Parameters of a model, counted on torch's meta device (no memory); only hyperplane configs pay for it."""
+    import torch
+
+    from trainers.data import INPUT_SHAPES
+    from trainers.models import build
+
+    shape, classes = INPUT_SHAPES[dataset]
+    with torch.device("meta"):
+        net = build(model, shape, num_classes or classes, width, batchnorm, 0.0)
+    return sum(p.numel() for p in net.parameters())

@@ -192,11 +192,13 @@ def noisy_labels(y: torch.Tensor, rate: float, classes: int, seed: int) -> torch
 
 
 def load(name: str, data_dir: str = "~/.cache/basin/data", download: bool = False, val_fraction: float = 0.1,
-         label_noise: float = 0.0, noise_seed: int = 0, augment: bool = False) -> Data:
+         label_noise: float = 0.0, noise_seed: int = 0, augment: bool = False, num_classes: int = 0) -> Data:
     """Load `name`, hold out a validation split from train, normalise with train statistics, and put
-    label noise on the remaining train labels only."""
+    label noise on the remaining train labels only. `num_classes` > 0 keeps only the first classes."""
     root = os.path.expanduser(data_dir)
     tx, ty, sx, sy = LOADERS[name](root, download)
+    if num_classes:
+        tx, ty, sx, sy = tx[ty < num_classes], ty[ty < num_classes], sx[sy < num_classes], sy[sy < num_classes]
     classes = int(max(ty.max(), sy.max()) + 1)
     order = np.random.default_rng(SPLIT_SEED).permutation(len(tx))
     n_val = int(round(val_fraction * len(tx)))

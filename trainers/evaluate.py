@@ -98,6 +98,14 @@ def corruption_rows(cfg: TrialConfig, method: Method, points: list[Point], sets:
         if len(ms) >= 2:
             rows.append(row(Point(ens, "ensemble"), key, torch.stack(ms).mean(0), len(ms)))
     return rows
+def probes(cfg: TrialConfig, method: Method, d: Data, epoch: int) -> list[dict]:
+    """Rows of the probes table: Hessian, Goldilocks and stiffness probes at the points named by
+    `probe_points` (trainers/probes.py; imported only when asked: it needs curvlinops and SciPy)."""
+    if not cfg.probes:
+        return []
+    from trainers.probes import probe_rows
+
+    return probe_rows(cfg, method, d, epoch)
 
 
 def early_stop(method: Method, state: dict[str, torch.Tensor],

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
-from trainers.folder import Folder, write_tables
+from trainers.folder import Folder, read_arrow, write_tables
 
 __all__ = ["FolderSink", "Sink", "load_state", "save_state", "state_bytes", "trial_row", "write_tables"]
 
@@ -61,6 +61,20 @@ class FolderSink:
     def finish(self, tables: dict[str, list[dict[str, Any]]]) -> None:
         tables = {**tables, "trials": [{**r, "name": self.name} for r in tables["trials"]]}
         write_tables(str(self.root), tables, self.sweep, self.trial_key, self.attempt)
+
+    def endpoint_states(self, cfg: Any) -> list[dict[str, Any]]:
+        """The final states of the trials a connect trial names (trainers/references.py), from this folder's
+        trials table and checkpoints. Raises references.EndpointError naming what is missing."""
+        from trainers import references
+
+        rows = read_arrow(str(self.root), "trials",
+                          columns=["trial_key", "attempt", "status", "name", "config_json"]).to_pylist()
+        paths = [self.root / "checkpoints" / f"{k}.pt"
+                 for k in references.resolve(cfg.to_dict(), references.completed_candidates(rows))]
+        missing = [p.name for p in paths if not p.exists()]
+        if missing:
+            raise references.EndpointError(f"connect_endpoints: no checkpoint {', '.join(missing)} in {self.root}")
+        return [load_state(p) for p in paths]
 
 
 def state_bytes(state: dict[str, Any]) -> bytes:

@@ -49,5 +49,14 @@ SCHEMAS: dict[str, pa.Schema] = {
     "weights": pa.schema(ID + [
         ("epoch", pa.int32()), ("point", pa.string()), ("norm", pa.float64()), ("projection", _F32_LIST),
     ]),
+    # one row per probed point and probe (trainers/probes.py): Hessian, Goldilocks measures, stiffness
+    "probes": pa.schema(ID + [
+        ("epoch", pa.int32()), ("point", pa.string()), ("kind", pa.string()), ("probe", pa.string()),
+        ("examples", pa.int32()), ("dim", pa.int64()), ("loss", pa.float64()), ("eigenvalues", pa.list_(pa.float64())),
+        ("trace", pa.float64()), ("trace_ratio", pa.float64()), ("positive_fraction", pa.float64()),
+        ("n_classes", pa.int32()), ("matrix", _F32_LIST), ("sign_matrix", _F32_LIST), ("within", pa.float64()),
+        ("between", pa.float64()), ("distances", _F32_LIST), ("distance_stiffness", _F32_LIST),
+        ("seconds", pa.float64()),
+    ]),
 }
 TABLES = tuple(SCHEMAS)

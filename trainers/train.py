@@ -20,7 +20,7 @@ import torch
 from trainers import corruption_sets, methods
 from trainers import data as datasets
 from trainers.config import TrialConfig, sampler_list
-from trainers.evaluate import evaluate
+from trainers.evaluate import evaluate, probes
 from trainers.methods.base import Method, Step, lr_factor, recompute_bn
 from trainers.metrics import classification_metrics
 from trainers.results import Sink, trial_row
@@ -94,10 +94,10 @@ class Run:
         self.device = pick_device(cfg.device)
         self.data = d = data if data is not None else resident(datasets.load(
             cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.label_noise, cfg.noise_seed,
-            cfg.augment), cfg)
+            cfg.augment, cfg.num_classes), cfg)
         self.corrupted = corruption_sets.for_trial(cfg, d)  # checked now: a bad -C folder fails before training
         torch.manual_seed(cfg.seed)  # model initialisation only; everything later draws from `g`
-        self.method = methods.build(cfg, d, self.device)
+        self.method = methods.build(cfg, d, self.device, getattr(sink, "endpoint_states", None))
         self.compile_seconds = self.method.compile_now(d.train_x[:cfg.batch_size], d.train_y[:cfg.batch_size]) \
             if cfg.compile else None
         self.g = torch.Generator(device=self.device).manual_seed(cfg.seed)
@@ -209,6 +209,7 @@ class Run:
                                 self.corrupted)
         self.records["evals"] += evals
         self.records["predictions"] += preds
+        self.records["probes"] = probes(cfg, method, self.data, cfg.epochs)
         finished = time.time()
         self.records["trials"] = [trial_row(
             cfg.to_dict(), name="", status="completed", error="", started_at=self.started, finished_at=finished,

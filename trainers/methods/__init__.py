@@ -7,6 +7,8 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
 
     from trainers.config import TrialConfig
@@ -19,10 +21,14 @@ REGISTRY: dict[str, str] = {
     "swa": "trainers.methods.swa:SWA",
     "mimo": "trainers.methods.mimo:MIMO",
     "mpo": "trainers.methods.mpo:MPO",
+    "hyperplane": "trainers.methods.hyperplane:Hyperplane",
+    "connect": "trainers.methods.connect:Connect",
 }
 
 
-def build(cfg: TrialConfig, data: Data, device: torch.device) -> Method:
-    """The trial's method around a freshly initialised model (torch's global seed decides the init)."""
+def build(cfg: TrialConfig, data: Data, device: torch.device,
+          endpoint_states: Callable[[TrialConfig], list[dict]] | None = None) -> Method:
+    """The trial's method around a freshly initialised model (torch's global seed decides the init).
+    `endpoint_states`: the sink's way to the final states of other trials (methods built on them: connect)."""
     module, _, name = REGISTRY[cfg.method].partition(":")
-    return getattr(importlib.import_module(module), name)(cfg, data, device)
+    return getattr(importlib.import_module(module), name)(cfg, data, device, endpoint_states)

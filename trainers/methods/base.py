@@ -73,9 +73,11 @@ class Method(nn.Module):
     main: str = "center"      # the point (or ensemble) the trial is judged by
     ensemble: str = ""        # the trial's own ensemble ("" = none; seeds are ensembled by analysis)
 
-    def __init__(self, cfg: TrialConfig, data: Data, device: torch.device):
+    def __init__(self, cfg: TrialConfig, data: Data, device: torch.device,
+                 endpoint_states: Callable[[TrialConfig], list[dict]] | None = None):
         super().__init__()
         self.cfg, self.data = cfg, data
+        self.endpoint_states = endpoint_states  # other trials' final states, for methods built on them (connect)
         self.amp = cfg.amp and device.type == "cuda"
         self.sub = self.build()
         self.sub.channels_last = cfg.channels_last
