@@ -9,6 +9,7 @@ from typing import Any
 
 from ray import tune
 
+from orchestrator.packing import members
 from orchestrator.tracking import EPOCH_METRICS, Mirror
 
 
@@ -29,7 +30,8 @@ def one_line(text: str, limit: int = 300) -> str:
 
 class SweepCallback(tune.Callback):
     """Counts trials, prints `[name] 12/48 done, 2 running, 0 failed, ETA 3m10s` every `every` seconds,
-    and mirrors each trial into MLflow."""
+    and mirrors each trial into MLflow. A Tune trial is one sweep trial or a pack of them (its members:
+    packing.members); results name their trial (`trial_key`), so each member has its own MLflow run."""
 
     def __init__(self, name: str, total: int, mirror: Mirror | None, every: float = 5.0,
                  say: Callable[[str], None] = print, skipped: int = 0,
@@ -58,16 +60,18 @@ class SweepCallback(tune.Callback):
         return trial.config["trial"]
 
     # -- Tune hooks --------------------------------------------------------------------------------------------
+    def _open(self, trial: Any) -> list[dict[str, Any]]:
+        """The Tune trial's sweep trials not finished yet."""
+        return [m for m in members(self._trial(trial)) if m["key"] not in self.done]
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        t = self._trial(trial)
-        if self.mirror:
+        for t in self._open(trial) if self.mirror else []:
             title, tags = self.runs.get(t["key"], (t["name"], {}))
             self.mirror.trial(t["key"], title, t["config"], {"basin.trial_name": t["name"], **tags})
             self.mirror.status(t["key"], "RUNNING")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        t = self._trial(trial)
-        key, kind = t["key"], result.get("kind")
+        key, kind = result.get("trial_key") or self._trial(trial)["key"], result.get("kind")
         attempt = result.get("attempt")
         if attempt is not None and self.attempt.get(key) != attempt:
             self.attempt[key] = attempt
@@ -91,29 +95,37 @@ class SweepCallback(tune.Callback):
             for step, values in sorted(by_step.items()):
                 self.mirror.metrics(key, values, step=step)
             self.mirror.tags(key, {"basin.status": "completed", "basin.seconds": f"{result.get('seconds', 0):.1f}"})
+        if kind == "final":  # its rows are written: done, even if its pack goes on
+            self._finish(key)
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        key = self._trial(trial)["key"]
+    def _finish(self, key: str) -> None:
         self.done.add(key)
         self.failed.pop(key, None)
         if self.mirror:
             self.mirror.status(key, "FINISHED")
 
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        for t in self._open(trial):
+            self._finish(t["key"])
+
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        t = self._trial(trial)
         self.retried += 1
-        self.say(f"[{self.name}] {t['name']}: attempt {self.attempt.get(t['key'], '?')} failed "
-                 f"({self._error(trial)}); retrying from its last checkpoint")
-        if self.mirror:
-            self.mirror.tags(t["key"], {"basin.last_error": self._error(trial)})
+        err = self._error(trial)
+        open_ = self._open(trial)
+        for t in open_:
+            self.say(f"[{self.name}] {t['name']}: attempt {self.attempt.get(t['key'], '?')} failed "
+                     f"({err}); retrying from its last checkpoint")
+            if self.mirror:
+                self.mirror.tags(t["key"], {"basin.last_error": err})
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        t = self._trial(trial)
-        self.failed[t["key"]] = self._error(trial)
-        self.say(f"[{self.name}] {t['name']}: failed for good ({self.failed[t['key']]})")
-        if self.mirror:
-            self.mirror.tags(t["key"], {"basin.status": "failed", "basin.last_error": self.failed[t["key"]]})
-            self.mirror.status(t["key"], "FAILED")
+        err = self._error(trial)
+        for t in self._open(trial):
+            self.failed[t["key"]] = err
+            self.say(f"[{self.name}] {t['name']}: failed for good ({err})")
+            if self.mirror:
+                self.mirror.tags(t["key"], {"basin.status": "failed", "basin.last_error": err})
+                self.mirror.status(t["key"], "FAILED")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self._running = sum(1 for t in trials if t.status == "RUNNING")

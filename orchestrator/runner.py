@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator import packing
 from orchestrator.cli import UserError
 from orchestrator.store import Store
 from orchestrator.sweep import Sweep, Trial, describe, is_uri, load_sweep
@@ -67,7 +68,7 @@ def reset_state(threads: int, key: str) -> None:
     torch.set_num_threads(max(1, threads))
     torch.set_grad_enabled(True)
     torch.set_default_dtype(torch.float32)
-    seed = int(key[:8], 16)
+    seed = int(key[-8:], 16)  # a trial's key, or a pack's (pack-<hex>)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -99,7 +100,7 @@ class TuneSink:
         from ray import tune
 
         t0 = time.perf_counter()
-        report = {"kind": kind, "attempt": self.attempt, "resumed_from_epoch": self.resumed_from,
+        report = {"kind": kind, "trial_key": self.key, "attempt": self.attempt, "resumed_from_epoch": self.resumed_from,
                   "started_at": self.started, "epochs": self.pending, **(self.pending[-1] if self.pending else {}),
                   **extra}
         if checkpoint_dir is None:
@@ -158,17 +159,28 @@ class TuneSink:
 
 
 def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
-    """The Tune trainable: one sweep trial, continued from a checkpoint when there is one."""
-    from ray import tune
-
-    from trainers.results import trial_row
+    """The Tune trainable: one sweep trial (or a pack of them), continued from a checkpoint when there is one."""
     from trainers.train import run_trial
 
     t = config["trial"]
+    if "members" in t:
+        return train_pack(t, ctx)
+    store = Store(ctx.results)
+    reset_state(ctx.threads, t["key"])
+    cfg, sink, resume = _start(store, ctx, t)
+    try:
+        run_trial(cfg, sink=sink, resume=resume)
+    except Exception as e:
+        _failed(store, ctx, t, cfg, sink, e)
+        raise
+
+
+def _start(store: Store, ctx: TrialContext, t: dict[str, Any]) -> tuple[TrialConfig, TuneSink, dict | None]:
+    """A trial's config, its sink (its attempt claimed) and the state it resumes from."""
+    from ray import tune
+
     key, name = t["key"], t["name"]
     cfg = TrialConfig(**t["config"])
-    store = Store(ctx.results)
-    reset_state(ctx.threads, key)
     resume = None
     # A Tune checkpoint exists when Tune retries this trial within the run; an earlier, interrupted run left
     # only the results folder's file. Both lead to checkpoints/<key>.pt (never older than the pointer).
@@ -187,20 +199,59 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     sink = TuneSink(store, ctx.sweep, key, name, attempt, resumed_from, cfg.epochs,
                     fail_at=int(extra.get("basin_fail_at_epoch", 0)), fail_attempts=extra.get("basin_fail_attempts"),
                     started=started)
+    return cfg, sink, resume
+
+
+def _failed(store: Store, ctx: TrialContext, t: dict[str, Any], cfg: TrialConfig, sink: TuneSink,
+            e: Exception) -> None:
+    """Record a trial's failed attempt (a trials row with the error), unless its rows are already written."""
+    from trainers.results import trial_row
+
+    if sink.written:  # its rows are on disk: the trial is done, whatever failed after that
+        print(f"basin: {t['name']}: error after its results were written ({e})", file=sys.stderr)
+        return
+    now = time.time()
+    row = trial_row(cfg.to_dict(), name=t["name"], status="failed", error=f"{type(e).__name__}: {e}"[:2000],
+                    started_at=sink.started, finished_at=now, seconds=now - sink.started)
     try:
-        run_trial(cfg, sink=sink, resume=resume)
-    except Exception as e:
-        if sink.written:  # its rows are on disk: the trial is done, whatever failed after that
-            print(f"basin: {name}: error after its results were written ({e})", file=sys.stderr)
-            return
-        now = time.time()
-        row = trial_row(cfg.to_dict(), name=name, status="failed", error=f"{type(e).__name__}: {e}"[:2000],
-                        started_at=started, finished_at=now, seconds=now - started)
+        store.write_tables({"trials": [row]}, ctx.sweep, t["key"], sink.attempt)
+    except Exception as w:
+        print(f"basin: {t['name']}: could not record the failure ({w})", file=sys.stderr)
+
+
+def train_pack(t: dict[str, Any], ctx: TrialContext) -> None:
+    """A pack of trials (orchestrator/packing.py) trained as one batched computation (trainers/pack.py); each
+    member has its own attempt, checkpoint, rows and reports. A member that fails leaves the pack and the
+    others finish; the pack then raises, so Tune retries it, and the retry runs only the members not yet
+    completed, each from its own checkpoint."""
+    from trainers.pack import run_pack
+
+    store = Store(ctx.results)
+    reset_state(ctx.threads, t["key"])
+    todo = t["members"]
+    if any(store.exists(f"attempts/{m['key']}.a0.json") for m in todo):  # a retry: some may be complete
+        status = store.trial_status()
+        todo = [m for m in todo if status.get(m["key"], {}).get("status") != "completed"]
+    started = [(m, *_start(store, ctx, m)) for m in todo]
+    by_epoch: dict[int, list[tuple]] = {}  # members resumed at different epochs cannot step together
+    for s in started:
+        by_epoch.setdefault(int(s[3]["epoch"]) if s[3] else 0, []).append(s)
+    failed: dict[str, str] = {}
+    for group in by_epoch.values():
+        def drop(i: int, e: Exception, group: list[tuple] = group) -> None:
+            m, cfg, sink, _ = group[i]
+            _failed(store, ctx, m, cfg, sink, e)
+            if not sink.written:
+                failed[m["name"]] = f"{type(e).__name__}: {e}"
         try:
-            store.write_tables({"trials": [row]}, ctx.sweep, key, attempt)
-        except Exception as w:
-            print(f"basin: {name}: could not record the failure ({w})", file=sys.stderr)
-        raise
+            run_pack([s[1] for s in group], [s[2] for s in group], [s[3] for s in group], on_error=drop)
+        except Exception as e:  # the pack's shared computation failed: every member not yet written
+            for i, (m, _, sink, _) in enumerate(group):
+                if not sink.written and m["name"] not in failed:
+                    drop(i, e)
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(t['members'])} packed trials failed: "
+                           + "; ".join(f"{n}: {e}" for n, e in failed.items())[:1500])
 
 
 def trial_name(trial: Any) -> str:
@@ -331,9 +382,10 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
     status = store.trial_status()
     done = {t.key for t in trials if status.get(t.key, {}).get("status") == "completed"}
     pending = [t for t in trials if t.key not in done]
+    pack = packing.pack_size(sweep) if pending else 1  # refuses a packing that cannot fit, before any work
     if dry_run:
         say(describe(sweep))
-        say(f"  {len(done)} already completed, {len(pending)} to run")
+        say(f"  {len(done)} already completed, {len(pending)} to run" + _packs_text(pending, pack))
         return Summary(sweep.name, len(trials), len(done), skipped=len(done))
     try:
         store.check_writable()
@@ -342,8 +394,8 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
     except OSError as e:
         raise UserError(f"{sweep.path}: results: cannot write to {sweep.dir} ({e.strerror or e})") from None
     store.write_bytes("sweep.yaml", sweep.text.encode())
-    say(f"[{sweep.name}] {len(trials)} trials: {len(done)} completed earlier, {len(pending)} to run "
-        f"({sweep.cpus:g} CPU, {sweep.gpus:g} GPU each)")
+    say(f"[{sweep.name}] {len(trials)} trials: {len(done)} completed earlier, {len(pending)} to run"
+        f"{_packs_text(pending, pack)} ({sweep.cpus:g} CPU, {sweep.gpus:g} GPU each)")
     if not pending:
         say(where_text(sweep))
         return Summary(sweep.name, len(trials), len(done), skipped=len(done))
@@ -375,7 +427,7 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
     try:
         started_ray = start_ray(address, num_cpus)
         check_resources(sweep, local=not address)
-        callback, grid = _fit_stages(sweep, pending, mirror, every, len(done), store)
+        callback, grid = _fit_stages(sweep, pending, mirror, every, len(done), store, pack)
     except BaseException:
         if mirror is not None:  # what reached the mirror still goes to MLflow
             mirror.close("KILLED", timeout=10)
@@ -391,9 +443,10 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
     by_key = {t.key: t.name for t in trials}
     failed = {by_key[k]: e for k, e in callback.failed.items() if status.get(k, {}).get("status") != "completed"}
     for r in grid:  # trials Tune saw fail that the callback did not (e.g. the actor died)
-        key = r.config["trial"]["key"] if r.config else None
-        if r.error is not None and key and by_key.get(key) not in failed and key not in done:
-            failed[by_key[key]] = str(r.error).strip().splitlines()[-1][:300]
+        for m in packing.members(r.config["trial"]) if r.config and r.error is not None else []:
+            key = m["key"]
+            if by_key.get(key) not in failed and status.get(key, {}).get("status") != "completed":
+                failed[by_key[key]] = str(r.error).strip().splitlines()[-1][:300]
     summary = Summary(sweep.name, len(trials), completed, skipped=len(done), ran=len(pending), failed=failed,
                       seconds=seconds, timings=dict(callback.timings))
     local_report = build_report(sweep, store) if report and completed else None
@@ -415,7 +468,15 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
     return summary
 
 
-def _fit(sweep: Sweep, pending: list[Trial], mirror: Mirror | None, every: float, skipped: int) -> tuple[Any, Any]:
+def _packs_text(pending: list[Trial], pack: int) -> str:
+    if pack == 1:
+        return ""
+    units = packing.units(pending, pack)
+    return f" in {len(units)} packs of up to {pack}" if len(units) < len(pending) else ""
+
+
+def _fit(sweep: Sweep, pending: list[Trial], mirror: Mirror | None, every: float, skipped: int,
+         pack: int = 1) -> tuple[Any, Any]:
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
@@ -425,11 +486,11 @@ def _fit(sweep: Sweep, pending: list[Trial], mirror: Mirror | None, every: float
     runs = {t.key: (t.title, {GROUP_TAG: t.group, **dict(t.axes)}) for t in pending}
     callback = SweepCallback(sweep.name, len(pending), mirror, every=every, say=say, skipped=skipped, runs=runs)
     ctx = TrialContext(sweep=sweep.name, results=sweep.dir, threads=max(1, int(sweep.cpus)))
-    trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx),
-                                    {"cpu": sweep.cpus, "gpu": sweep.gpus})
+    resources = {"cpu": sweep.cpus, "gpu": sweep.gpus, **({"memory": sweep.memory * 2 ** 30} if sweep.memory else {})}
+    trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), resources)
     tuner = tune.Tuner(
         trainable,
-        param_space={"trial": tune.grid_search([t.param() for t in pending])},
+        param_space={"trial": tune.grid_search([packing.unit_param(u) for u in packing.units(pending, pack)])},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=sweep.max_concurrent or None,
             scheduler=FIFOScheduler(),  # no early stopping: it would bias seed statistics
@@ -492,7 +553,7 @@ def attach_report(sweep: Sweep, folder: str, run_id: str) -> bool:
 
 
 def _fit_stages(sweep: Sweep, pending: list[Trial], mirror: Mirror | None, every: float, skipped: int,
-                store: Store) -> tuple[Any, list[Any]]:
+                store: Store, pack: int = 1) -> tuple[Any, list[Any]]:
     """`_fit`, in two stages when the sweep has connect trials (trainers/methods/connect.py): they start from
     the final weights of other trials, so they run in a second Tune experiment after those; one whose
     endpoints did not finish is not run and counts as failed (orchestrator/connect.py)."""
@@ -500,7 +561,7 @@ def _fit_stages(sweep: Sweep, pending: list[Trial], mirror: Mirror | None, every
     from orchestrator.progress import SweepCallback
 
     first, second = connect.split(pending)
-    stages = [_fit(sweep, first, mirror, every, skipped)] if first else []
+    stages = [_fit(sweep, first, mirror, every, skipped, pack)] if first else []
     refused: dict[str, str] = {}
     if second:
         runnable, refused = connect.ready(second, store)

@@ -27,8 +27,8 @@ from orchestrator.cli import UserError
 from trainers.config import FIELDS, ConfigError, TrialConfig, irrelevant, make_config
 
 SWEEP_FIELDS = ("name", "description", "base", "axes", "include", "exclude", "resources", "max_concurrent",
-                "retries", "checkpoint_every", "results", "mlflow", "storage")
-RESOURCE_FIELDS = ("cpus", "gpus")
+                "retries", "checkpoint_every", "pack", "results", "mlflow", "storage")
+RESOURCE_FIELDS = ("cpus", "gpus", "gpu_memory", "memory")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Tracking URI schemes MLflow 3 understands (a plain path is refused: the file store is deprecated).
 MLFLOW_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "file", "databricks")
@@ -79,6 +79,9 @@ class Sweep:
     mlflow: str = ""               # tracking URI; "" = no MLflow
     storage: str = ""              # Ray Tune storage path (local folder or URI)
     description: str = ""
+    pack: int | str = 1            # trials per packed Tune trial, or "auto" (orchestrator/packing.py)
+    gpu_memory: float = 0.0        # GiB of one GPU (0: ask the local GPU) for the packing check
+    memory: float = 0.0            # GiB of host memory per Tune trial (0: not reserved)
     stats: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -333,7 +336,8 @@ def parse_sweep(data: Any, path: str = "<sweep>", text: str = "", results: str |
     include = _rules(path, "include", data.get("include"), allow_when=True)
     exclude = _rules(path, "exclude", data.get("exclude"), allow_when=False)
 
-    res = _mapping(path, "resources", data.get("resources", DEFAULTS["resources"]), "a mapping: cpus, gpus")
+    res = _mapping(path, "resources", data.get("resources", DEFAULTS["resources"]),
+                   "a mapping: cpus, gpus, gpu_memory, memory")
     for k in res:
         if k not in RESOURCE_FIELDS:
             raise _fail(path, f"resources.{k}", "unknown field" + _suggest(str(k), RESOURCE_FIELDS))
@@ -343,6 +347,15 @@ def parse_sweep(data: Any, path: str = "<sweep>", text: str = "", results: str |
     if not _number(gpus) or gpus < 0 or (gpus > 1 and gpus != int(gpus)):
         raise _fail(path, "resources.gpus", "expected 0, a fraction of one GPU (e.g. 0.25) or a whole number "
                                             f"of GPUs per trial, got {gpus!r}")
+    mem = {}
+    for k, what in (("gpu_memory", "GiB of memory of one GPU"), ("memory", "GiB of host memory per trial")):
+        v = res.get(k, 0)
+        if not _number(v) or v < 0:
+            raise _fail(path, f"resources.{k}", f"expected a positive number ({what}), got {v!r}")
+        mem[k] = float(v)
+    pack = data.get("pack", 1)
+    if pack != "auto" and (not _int(pack) or pack < 1):
+        raise _fail(path, "pack", f"expected a number of trials per pack (1 = no packing) or auto, got {pack!r}")
     ints = {}
     for k in ("max_concurrent", "retries", "checkpoint_every"):
         v = data.get(k, DEFAULTS.get(k))
@@ -360,7 +373,7 @@ def parse_sweep(data: Any, path: str = "<sweep>", text: str = "", results: str |
     return Sweep(name=name, path=path, text=text, base=base, axes=axes, include=include, exclude=exclude,
                  cpus=float(cpus), gpus=float(gpus), max_concurrent=ints["max_concurrent"],
                  retries=ints["retries"], results=results_root, mlflow=uri, storage=store,
-                 description=description)
+                 description=description, pack=pack, **mem)
 
 
 # -- expansion ------------------------------------------------------------------------------------------

@@ -42,3 +42,18 @@ def test_packed_trials_equal_separate_trials_on_the_gpu():
         assert [e["train_loss"] for e in p["epochs"]] == pytest.approx([e["train_loss"] for e in a["epochs"]],
                                                                         rel=1e-3)
         assert [e["nll"] for e in p["evals"]] == pytest.approx([e["nll"] for e in a["evals"]], rel=1e-2)
+
+
+def test_the_pack_footprint_estimate_bounds_what_a_pack_allocates():
+    """The packing check's estimate (trainers/pack.footprint) against the allocator's peak for a pack of 4
+    during training: within a factor of two either way, so refusals are neither far too strict nor unsafe."""
+    from trainers.pack import footprint
+
+    cfgs = [make_config({**CIFAR, "shape": "line", "seed": s, "ensemble_samples": 0}) for s in range(4)]
+    per, shared = footprint(cfgs[0])
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    run_pack(cfgs)
+    peak = torch.cuda.max_memory_allocated() - base
+    assert 0.5 <= (4 * per + shared) / peak <= 2.0, (4 * per + shared, peak)

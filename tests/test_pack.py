@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from trainers.config import make_config
+from trainers.config import make_config, pack_key, pack_problem
 from trainers.data import augment_batch
-from trainers.pack import pack_key, pack_problem, run_pack
+from trainers.pack import run_pack
 from trainers.results import FolderSink, load_state
 from trainers.train import run_trial
 

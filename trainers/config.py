@@ -35,8 +35,9 @@ METHOD_FIELDS: dict[str, tuple[str, ...]] = {
     "connect": ("connect_endpoints", "connect_points"),
 }
 # Packed trials (trainers/pack.py): trials that differ only in these fields can train as one batched pack,
-# when their method's step is "draw coefficients, cross-entropy there, + beta cos^2".
-PACK_FREE = ("seed", "noise_seed", "label_noise")
+# when their method's step is "draw coefficients, cross-entropy there, + beta cos^2". `extra` holds free-form
+# tags (and the test hooks), never anything the computation depends on.
+PACK_FREE = ("seed", "noise_seed", "label_noise", "extra")
 PACKABLE_METHODS = ("subspace", "swa")
 # Fort et al.'s samplers around one solution (evaluation, any method): see trainers/samplers.py.
 SAMPLERS = ("random", "dropout", "gaussian", "pca")
@@ -447,3 +448,24 @@ def _n_params(model: str, dataset: str, width: int, batchnorm: bool, num_classes
     with torch.device("meta"):
         net = build(model, shape, num_classes or classes, width, batchnorm, 0.0)
     return sum(p.numel() for p in net.parameters())
+
+
+# -- packed trials ----------------------------------------------------------------------------------------
+def pack_key(cfg: TrialConfig) -> str:
+    """Trials with equal pack keys (and a packable method) can be trained as one pack (trainers/pack.py)."""
+    d = {k: v for k, v in cfg.to_dict().items() if k not in PACK_FREE and k not in _NOT_IN_KEY}
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def pack_problem(cfgs: list[TrialConfig]) -> str:
+    """Why these trials cannot be one pack ("" when they can)."""
+    methods = {c.method for c in cfgs}
+    if not methods <= set(PACKABLE_METHODS):
+        return f"method {sorted(methods - set(PACKABLE_METHODS))[0]} does not pack (packable: " \
+               f"{', '.join(PACKABLE_METHODS)})"
+    for name in ("channels_last", "compile"):  # a pack is one vmapped functional model: neither applies
+        if any(getattr(c, name) for c in cfgs):
+            return f"{name} is not available inside a pack"
+    if len({pack_key(c) for c in cfgs}) > 1:
+        return f"the trials differ in more than {', '.join(PACK_FREE)}"
+    return ""

@@ -19,9 +19,8 @@ that draws coefficients, takes the cross-entropy there and adds beta cos^2: `sub
 
 from __future__ import annotations
 
-import hashlib
-import json
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -29,7 +28,8 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from trainers import data as datasets
-from trainers.config import _NOT_IN_KEY, PACK_FREE, PACKABLE_METHODS, TrialConfig
+from trainers import models
+from trainers.config import TrialConfig, pack_problem
 from trainers.methods.base import Step
 from trainers.results import Sink
 from trainers.train import Run, make_optimizer, resident
@@ -37,24 +37,6 @@ from trainers.train import Run, make_optimizer, resident
 # A pack steps its trials' parameters with one shared optimizer and advances each trial's own schedule (and
 # so its checkpointed learning rate); torch warns that those schedules step before their optimizers do.
 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
-
-
-def pack_key(cfg: TrialConfig) -> str:
-    """Trials with equal pack keys can be trained as one pack."""
-    d = {k: v for k, v in cfg.to_dict().items() if k not in PACK_FREE and k not in _NOT_IN_KEY}
-    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def pack_problem(cfgs: list[TrialConfig]) -> str:
-    """Why these trials cannot be one pack ("" when they can)."""
-    methods = {c.method for c in cfgs}
-    if not methods <= set(PACKABLE_METHODS):
-        return f"method {sorted(methods - set(PACKABLE_METHODS))[0]} does not pack (packable: " \
-               f"{', '.join(PACKABLE_METHODS)})"
-    keys = {pack_key(c) for c in cfgs}
-    if len(keys) > 1:
-        return f"the trials differ in more than {', '.join(PACK_FREE)}"
-    return ""
 
 
 class Pack:
@@ -158,9 +140,13 @@ def shared_data(cfgs: list[TrialConfig]) -> list[datasets.Data]:
 
 
 def run_pack(cfgs: list[TrialConfig], sinks: list[Sink | None] | None = None,
-             resumes: list[dict[str, Any] | None] | None = None) -> list[dict[str, list[dict[str, Any]]]]:
+             resumes: list[dict[str, Any] | None] | None = None,
+             on_error: Callable[[int, Exception], None] | None = None) -> list[dict[str, list[dict[str, Any]]] | None]:
     """Train and evaluate K trials as one pack; returns each trial's rows, as run_trial would. Trials
-    resumed from checkpoints must be at the same epoch (a pack checkpoints all its trials together)."""
+    resumed from checkpoints must be at the same epoch (a pack checkpoints all its trials together).
+    `on_error(i, e)`: trial i failed outside the shared step (its epoch's end: validation, checkpoint, sink;
+    or its final evaluation); it leaves the pack, the others go on, and its entry is None. Without it, the
+    error ends the pack."""
     problem = pack_problem(cfgs)
     if problem:
         raise ValueError(f"these trials cannot be packed: {problem}")
@@ -170,11 +156,58 @@ def run_pack(cfgs: list[TrialConfig], sinks: list[Sink | None] | None = None,
     if len({r.first for r in runs}) > 1:
         raise ValueError("packed trials resume from different epochs: "
                          + ", ".join(f"seed {r.cfg.seed} at epoch {r.first - 1}" for r in runs))
+    out: list[dict[str, list[dict[str, Any]]] | None] = [None] * len(runs)
+    alive = list(range(len(runs)))
+
+    def attempt(i: int, work: Callable[[], Any]) -> bool:
+        try:
+            out[i] = work()
+            return True
+        except Exception as e:
+            if on_error is None:
+                raise
+            on_error(i, e)
+            return False
+
     pack = Pack(runs)
     for epoch in runs[0].epochs():
         perms = pack.start_epoch(epoch)
         for i in range(runs[0].steps):
             pack.step(perms, i)
-        for r in runs:
-            r.end_epoch(epoch)
-    return [r.finish() for r in runs]
+        kept = [i for i in alive if attempt(i, lambda i=i, e=epoch: runs[i].end_epoch(e))]
+        if not kept:
+            return out
+        if kept != alive:  # the others go on as a smaller pack (re-stacked; optimizer states are the trials')
+            alive = kept
+            pack = Pack([runs[i] for i in alive])
+    for i in alive:
+        attempt(i, runs[i].finish)
+    return out
+
+
+GiB = 2 ** 30
+# Images in each data set's training split (the most a trial keeps on its device)
+TRAIN_SIZES = {"digits": 1797, "mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000,
+               "svhn": 73_257, "tiny_imagenet": 100_000, "synthetic_cifar10": 50_000}
+
+
+def footprint(cfg: TrialConfig) -> tuple[int, int]:
+    """Estimated bytes of device memory of one trial in a pack, and of the data its pack shares.
+
+    Per trial: the subspace's n stacked weight vectors, their gradients and momentum, the mixed point and its
+    gradient (4 bytes each), and one batch's activations, measured by a forward pass on the meta device (no
+    memory, no compute) and counted twice (kept for backward, and their gradients). Shared: the training
+    images in the training dtype. An estimate to refuse packs that cannot fit, not an allocator's account."""
+    (c, h, w), classes = datasets.INPUT_SHAPES[cfg.dataset]
+    dtype_bytes = 2 if cfg.amp else 4
+    sizes: list[int] = []
+    with torch.device("meta"):
+        net = models.build(cfg.model, (c, h, w), cfg.num_classes or classes, cfg.width, cfg.batchnorm, cfg.dropout)
+        for m in net.modules():
+            if not any(m.children()):
+                m.register_forward_hook(lambda _m, _i, o: sizes.append(o.numel()))
+        net(torch.empty(cfg.batch_size, c, h, w))
+    n_params = sum(p.numel() for p in net.parameters())
+    per_trial = (3 * cfg.n_points + 2) * n_params * 4 + 2 * sum(sizes) * dtype_bytes
+    shared = TRAIN_SIZES.get(cfg.dataset, 0) * c * h * w * dtype_bytes
+    return per_trial, shared
