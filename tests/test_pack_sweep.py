@@ -24,7 +24,7 @@ AXES = "axes:\n  seed: [0, 1]\n  label_noise: [0.0, 0.2]\n"
 
 
 def sweep_file(tmp_path: Path, name: str, body: str, base: dict | None = None) -> Path:
-    base = {**TINY, "shape": "line", "epochs": 3, **(base or {})}
+    base = {**TINY, "shape": "line", **(base or {})}
     return write_sweep(tmp_path, f"name: {name}\nbase: {json.dumps(base)}\nresults: {tmp_path / name}\n" + body,
                        f"{name}.yaml")
 
@@ -63,7 +63,7 @@ include:
     then: {extra: {basin_fail_at_epoch: 2, basin_fail_attempts: 1}}
 pack: 3
 retries: 1
-""")
+""", {"epochs": 3})
     sweep = load_sweep(path)
     assert [len(u) for u in packing.units(sweep.trials, 3)] == [3]  # `extra` does not split a pack
     flaky = sweep.trials[1].key
