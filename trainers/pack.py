@@ -176,5 +176,8 @@ def run_pack(cfgs: list[TrialConfig], sinks: list[Sink | None] | None = None,
         for i in range(runs[0].steps):
             pack.step(perms, i)
         for r in runs:
-            r.end_epoch(epoch)
+            if not r.diverged_at:  # a diverged member keeps its rows as they were; the others go on
+                r.end_epoch(epoch)
+        if all(r.diverged_at for r in runs):
+            break
     return [r.finish() for r in runs]
