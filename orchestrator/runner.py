@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator import preflight
 from orchestrator.cli import UserError
 from orchestrator.store import Store
 from orchestrator.sweep import Sweep, Trial, describe, is_uri, load_sweep
@@ -282,8 +283,9 @@ def _loopback() -> Iterator[None]:
 
 
 def check_resources(sweep: Sweep, local: bool) -> None:
-    """A trial that can never be placed waits forever: refuse it on a fixed local machine, warn on a
-    cluster (an autoscaler may add the nodes)."""
+    """A trial that can never be placed waits forever: refuse it on a fixed local machine (preflight has
+    checked this machine before Ray started; this catches a Ray already running in this process), warn on
+    a cluster (an autoscaler may add the nodes)."""
     import ray
 
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
@@ -330,6 +332,8 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
     <sweep folder>/report/ at the end and attached to its parent MLflow run."""
     store = Store(sweep.dir)
     trials = sweep.trials
+    if not address:  # a fixed local machine: what it cannot give is refused before Ray starts or files are written
+        preflight.check(sweep, num_cpus)
     if resume and not store.exists("sweep.yaml"):
         raise UserError(f"{sweep.path}: nothing to resume: no earlier run of {sweep.name!r} in {sweep.dir}")
     status = store.trial_status()
