@@ -11,6 +11,7 @@ from functools import cached_property
 import pandas as pd
 
 from trainers.folder import read_arrow
+from trainers.schema import FINAL_STATUSES
 
 # What identifies a row within one attempt of one trial.
 NATURAL_KEYS = {
@@ -25,10 +26,10 @@ ID = ["sweep", "trial_key", "attempt"]
 
 
 def chosen_attempts(trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per trial: its latest completed attempt, else its latest attempt."""
+    """One row per trial: its latest completed (or diverged) attempt, else its latest attempt."""
     if trials.empty:
         return trials
-    t = trials.drop_duplicates(ID).assign(_done=lambda d: d["status"] == "completed")
+    t = trials.drop_duplicates(ID).assign(_done=lambda d: d["status"].isin(FINAL_STATUSES))
     t = t.sort_values(["_done", "attempt"]).groupby(["sweep", "trial_key"], as_index=False).tail(1)
     return t.drop(columns="_done").sort_values(["sweep", "name", "trial_key"]).reset_index(drop=True)
 

@@ -22,6 +22,7 @@ from analysis.page import write_html
 from analysis.sections import SECTIONS, Context, Item, Section
 from analysis.trials import caption, select
 from trainers.folder import filesystem
+from trainers.schema import FINAL_STATUSES
 
 __all__ = ["SECTIONS", "Item", "Section", "SweepReport", "build_report", "results_folders", "write_html"]
 
@@ -82,8 +83,11 @@ def build_report(results: str | Results, out: str | Path, hue: str | None = None
             used_names.add(name)
             rep = SweepReport(sweep, out / name, res.root)
             all_trials = trials[trials["sweep"] == sweep]
-            failed = int((all_trials["status"] != "completed").sum())
-            rep.summary = caption(view.trials) + (f" · {failed} failed trial(s) not shown" if failed else "")
+            failed = int((~all_trials["status"].isin(FINAL_STATUSES)).sum())
+            n_div = int((all_trials["status"] == "diverged").sum())
+            rep.summary = caption(view.trials) + (f" · {failed} failed trial(s) not shown" if failed else "") \
+                + (f" · {n_div} diverged trial(s) excluded from every mean (listed under Diverged trials)"
+                   if n_div else "")
             if view.trials.empty:
                 rep.items.append(Item("table", "all", "Everything", skipped="no completed trials"))
                 reports.append(rep)

@@ -413,7 +413,26 @@ def landscapes(ctx: Context) -> None:
         s[s["group"].isin(keep)].sort_values("group", key=ctx.panel_order, kind="stable"), cap, note=cut), table, cut)
 
 
+def diverged(ctx: Context) -> None:
+    """The sweep's trials whose training loss went non-finite: listed, and left out of everything else (the
+    view holds completed trials only). No item when none diverged."""
+    everything = ctx.view.base.trials
+    d = everything[(everything["status"] == "diverged")
+                   & everything["sweep"].isin(set(ctx.trials["sweep"]))] if len(everything) else everything
+    if d.empty:
+        return
+    cols = [c for c in ("name", "diverged_epoch", "epochs", "method", "shape", "optimizer", "lr", "seed", "trial_key")
+            if c in d]
+    data = d[cols].sort_values(["diverged_epoch", "name"]).reset_index(drop=True)
+    cap = caption(d, "non-finite training loss; excluded from every mean, figure and table of this report")
+    ctx.table(tables.simple_table("diverged", f"Diverged trials ({len(d)})", cap, data,
+                                  data.set_index("name") if "name" in data else data))
+
+
 SECTIONS: list[Section] = [
+    Section("diverged", "Diverged trials", diverged,
+            "Trials whose training loss became NaN or infinite: they stopped at that epoch (their epochs rows are "
+            "kept) and are excluded from the means below."),
     Section("results", "Main results", results,
             "Accuracy and ECE at each trial's main point by label noise, and the best-of-an-axis baselines."),
     Section("forms", "Standard, line, layer-wise line, curve", forms),

@@ -29,9 +29,11 @@ def one_line(text: str, limit: int = 300) -> str:
 
 
 class SweepCallback(tune.Callback):
-    """Counts trials, prints `[name] 12/48 done, 2 running, 0 failed, ETA 3m10s` every `every` seconds,
-    and mirrors each trial into MLflow. A Tune trial is one sweep trial or a pack of them (its members:
-    packing.members); results name their trial (`trial_key`), so each member has its own MLflow run."""
+    """Counts trials, prints `[name] 12/48 done, 2 running, 0 failed, ETA 3m10s` every `every` seconds
+    (`12/48 done (1 diverged)`: a diverged trial is done, with its result), and mirrors each trial into
+    MLflow (a diverged trial's run: FINISHED, tags basin.status=diverged and basin.diverged_epoch). A Tune
+    trial is one sweep trial or a pack of them (its members: packing.members); results name their trial
+    (`trial_key`), so each member has its own MLflow run."""
 
     def __init__(self, name: str, total: int, mirror: Mirror | None, every: float = 5.0,
                  say: Callable[[str], None] = print, skipped: int = 0,
@@ -41,6 +43,7 @@ class SweepCallback(tune.Callback):
         self.skipped = skipped
         self.done: set[str] = set()
         self.failed: dict[str, str] = {}       # trial key -> one-line error of its last attempt
+        self.diverged: dict[str, int] = {}     # trial key -> the epoch its training loss went non-finite
         self.retried = 0
         self.attempt: dict[str, int] = {}      # trial key -> attempt seen in its latest results
         self.resumed: dict[str, int] = {}
@@ -78,6 +81,11 @@ class SweepCallback(tune.Callback):
             if self.mirror:
                 self.mirror.tags(key, {"basin.attempt": attempt,
                                        "basin.resumed_from_epoch": result.get("resumed_from_epoch", 0)})
+        if kind == "final" and result.get("status") == "diverged":
+            self.diverged[key] = int(result.get("diverged_epoch") or 0)
+            name = next((m["name"] for m in members(self._trial(trial)) if m["key"] == key), key)
+            self.say(f"[{self.name}] {name}: diverged at epoch {self.diverged[key]} (non-finite training "
+                     "loss); its epochs rows are kept, not retried")
         if kind == "final":
             self.timings["trial_s"] += float(result.get("seconds") or 0.0)
             for k, v in (result.get("io") or {}).items():
@@ -94,7 +102,9 @@ class SweepCallback(tune.Callback):
                 by_step.setdefault(int(step), {})[name] = value
             for step, values in sorted(by_step.items()):
                 self.mirror.metrics(key, values, step=step)
-            self.mirror.tags(key, {"basin.status": "completed", "basin.seconds": f"{result.get('seconds', 0):.1f}"})
+            status = {"basin.status": "diverged", "basin.diverged_epoch": self.diverged[key]} \
+                if key in self.diverged else {"basin.status": "completed"}
+            self.mirror.tags(key, {**status, "basin.seconds": f"{result.get('seconds', 0):.1f}"})
         if kind == "final":  # its rows are written: done, even if its pack goes on
             self._finish(key)
 
@@ -138,10 +148,11 @@ class SweepCallback(tune.Callback):
     def line(self) -> str:
         done, failed = len(self.done), len(self.failed)
         left = self.total - done - failed
+        diverged = f" ({len(self.diverged)} diverged)" if self.diverged else ""
         elapsed = time.monotonic() - self.started
         eta = f"ETA {fmt_seconds(elapsed / done * left)}" if done and left else ("ETA ?" if left else "")
         skipped = f" (+{self.skipped} from earlier runs)" if self.skipped else ""
-        return (f"[{self.name}] {done}/{self.total} done{skipped}, {self._running} running, {failed} failed, "
+        return (f"[{self.name}] {done}/{self.total} done{diverged}{skipped}, {self._running} running, {failed} failed, "
                 f"{fmt_seconds(elapsed)} elapsed" + (f", {eta}" if eta else ""))
 
     @staticmethod

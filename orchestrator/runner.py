@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator import packing
+from orchestrator import packing, preflight
 from orchestrator.cli import UserError
 from orchestrator.store import Store
 from orchestrator.sweep import Sweep, Trial, describe, is_uri, load_sweep
 from orchestrator.tracking import Mirror, eval_metrics, probe_metrics, summary_metrics
 from trainers.config import TrialConfig
+from trainers.schema import FINAL_STATUSES
 
 POINTER_FILE = "basin_checkpoint.json"
 REPORT_EVERY_S = 2.0   # epoch rows are reported to Tune (and MLflow) at least this often, and at checkpoints
@@ -153,6 +154,7 @@ class TuneSink:
         metrics = eval_metrics(tables.get("evals", []), trial.get("main_point") or "", trial.get("main_ensemble") or "",
                                step=self.epochs)
         self._report("final", final_epoch=self.epochs, seconds=trial.get("seconds"),
+                     status=trial.get("status"), diverged_epoch=trial.get("diverged_epoch"),
                      finished_at=trial.get("finished_at"), io=dict(self.io),
                      metrics=[list(m) for m in metrics]
                      + [[k, v, self.epochs] for k, v in probe_metrics(tables.get("probes", [])).items()])
@@ -269,9 +271,10 @@ class Summary:
     sweep: str
     total: int
     completed: int
-    skipped: int = 0                       # completed by earlier runs
+    skipped: int = 0                       # completed (or diverged) in earlier runs
     ran: int = 0                           # trials started by this run
     failed: dict[str, str] = field(default_factory=dict)  # trial name -> error
+    diverged: dict[str, int] = field(default_factory=dict)  # trial name -> the epoch its loss went non-finite
     seconds: float = 0.0
     mlflow_gap: str = ""
     report: str = ""                       # the report's index.html ("" when none was made)
@@ -282,7 +285,8 @@ class Summary:
 
     @property
     def ok(self) -> bool:
-        return self.completed == self.total
+        """Every trial ended with a result: completed, or diverged (a result too, not an error)."""
+        return self.completed + len(self.diverged) == self.total
 
 
 def start_ray(address: str | None, num_cpus: int | None) -> bool:
@@ -329,8 +333,9 @@ def _loopback() -> Iterator[None]:
 
 
 def check_resources(sweep: Sweep, local: bool) -> None:
-    """A trial that can never be placed waits forever: refuse it on a fixed local machine, warn on a
-    cluster (an autoscaler may add the nodes)."""
+    """A trial that can never be placed waits forever: refuse it on a fixed local machine (preflight has
+    checked this machine before Ray started; this catches a Ray already running in this process), warn on
+    a cluster (an autoscaler may add the nodes)."""
     import ray
 
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
@@ -377,10 +382,12 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
     <sweep folder>/report/ at the end and attached to its parent MLflow run."""
     store = Store(sweep.dir)
     trials = sweep.trials
+    if not address:  # a fixed local machine: what it cannot give is refused before Ray starts or files are written
+        preflight.check(sweep, num_cpus)
     if resume and not store.exists("sweep.yaml"):
         raise UserError(f"{sweep.path}: nothing to resume: no earlier run of {sweep.name!r} in {sweep.dir}")
     status = store.trial_status()
-    done = {t.key for t in trials if status.get(t.key, {}).get("status") == "completed"}
+    done = {t.key for t in trials if status.get(t.key, {}).get("status") in FINAL_STATUSES}
     pending = [t for t in trials if t.key not in done]
     pack = packing.pack_size(sweep) if pending else 1  # refuses a packing that cannot fit, before any work
     if dry_run:
@@ -440,19 +447,23 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
     seconds = time.monotonic() - t0
     status = store.trial_status()
     completed = sum(1 for t in trials if status.get(t.key, {}).get("status") == "completed")
+    diverged = {t.name: int(status[t.key].get("diverged_epoch") or 0) for t in trials
+                if status.get(t.key, {}).get("status") == "diverged"}
     by_key = {t.key: t.name for t in trials}
-    failed = {by_key[k]: e for k, e in callback.failed.items() if status.get(k, {}).get("status") != "completed"}
+    failed = {by_key[k]: e for k, e in callback.failed.items()
+              if status.get(k, {}).get("status") not in FINAL_STATUSES}
     for r in grid:  # trials Tune saw fail that the callback did not (e.g. the actor died)
         for m in packing.members(r.config["trial"]) if r.config and r.error is not None else []:
             key = m["key"]
-            if by_key.get(key) not in failed and status.get(key, {}).get("status") != "completed":
+            if by_key.get(key) not in failed and status.get(key, {}).get("status") not in FINAL_STATUSES:
                 failed[by_key[key]] = str(r.error).strip().splitlines()[-1][:300]
     summary = Summary(sweep.name, len(trials), completed, skipped=len(done), ran=len(pending), failed=failed,
-                      seconds=seconds, timings=dict(callback.timings))
+                      diverged=diverged, seconds=seconds, timings=dict(callback.timings))
     local_report = build_report(sweep, store) if report and completed else None
     if mirror is not None:
         gap = mirror.close("FINISHED" if summary.ok else "FAILED",
-                           {"completed": completed, "failed": len(failed), "total": len(trials)},
+                           {"completed": completed, "diverged": len(diverged), "failed": len(failed),
+                            "total": len(trials)},
                            metrics=summary_metrics(sweep.dir, {t.key: t.group for t in trials}))
         summary.mlflow_gap = gap.describe(sweep.mlflow) if gap else ""
         summary.timings["mlflow_s"] = mirror.busy
@@ -592,7 +603,12 @@ def _record_run(store: Store, stamp: str, record: dict[str, Any]) -> None:
 def _report(sweep: Sweep, s: Summary) -> None:
     say(f"[{sweep.name}] {s.completed}/{s.total} trials completed"
         + (f" ({s.skipped} in earlier runs)" if s.skipped else "")
+        + (f", {len(s.diverged)} diverged" if s.diverged else "")
         + f", {len(s.failed)} failed, this run took {s.seconds:.0f}s")
+    for name, epoch in list(s.diverged.items())[:20]:
+        say(f"  diverged: {name}: non-finite training loss at epoch {epoch} (its epochs rows are kept)")
+    if len(s.diverged) > 20:
+        say(f"  ... and {len(s.diverged) - 20} more (see the trials table, status == 'diverged')")
     for name, err in list(s.failed.items())[:20]:
         say(f"  failed: {name}: {err}")
     if len(s.failed) > 20:

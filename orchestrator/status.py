@@ -101,9 +101,10 @@ def sweep_status(folder: str) -> dict[str, Any]:
     keys = [t.key for t in sweep.trials] if sweep else list(status)
     completed = sum(1 for k in keys if status.get(k, {}).get("status") == "completed")
     failed = sum(1 for k in keys if status.get(k, {}).get("status") == "failed")
+    diverged = sum(1 for k in keys if status.get(k, {}).get("status") == "diverged")
     run = last_run(store)
     return {"sweep": folder.rstrip("/").rpartition("/")[2], "folder": folder, "completed": completed,
-            "failed": failed, "total": len(keys) if sweep else None,
+            "diverged": diverged, "failed": failed, "total": len(keys) if sweep else None,
             "attempts": sum(r["ended"] for r in status.values()),
             "state": _state(run), "last_run": run.get("started_at") if run else None,
             "mlflow": sweep.mlflow if sweep else ""}
@@ -143,12 +144,13 @@ def cmd_status(args: Any) -> int:
         print(f"{args.results}: no sweeps yet (run one: basin run sweeps/quickstart.yaml)")
         return 0
     width = max(5, *(len(r["sweep"]) for r in rows))
-    print(f"{'SWEEP':<{width}}  {'DONE':>6}  {'FAILED':>6}  {'TOTAL':>6}  {'STATE':<11}  {'LAST RUN':<16}  FOLDER")
+    print(f"{'SWEEP':<{width}}  {'DONE':>6}  {'DIVERGED':>8}  {'FAILED':>6}  {'TOTAL':>6}  {'STATE':<11}  "
+          f"{'LAST RUN':<16}  FOLDER")
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["last_run"])) if r["last_run"] else "-"
         total = "?" if r["total"] is None else r["total"]
-        print(f"{r['sweep']:<{width}}  {r['completed']:>6}  {r['failed']:>6}  {total:>6}  {r['state']:<11}  "
-              f"{when:<16}  {r['folder']}")
+        print(f"{r['sweep']:<{width}}  {r['completed']:>6}  {r['diverged']:>8}  {r['failed']:>6}  {total:>6}  "
+              f"{r['state']:<11}  {when:<16}  {r['folder']}")
     return 0
 
 

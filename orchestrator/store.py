@@ -17,6 +17,7 @@ import uuid
 from typing import Any
 
 from trainers.folder import Folder
+from trainers.schema import FINAL_STATUSES
 
 
 class Store(Folder):
@@ -30,9 +31,9 @@ class Store(Folder):
 
     def trial_status(self) -> dict[str, dict[str, Any]]:
         """Per trial key: the chosen attempt's status and attempt number, and how many attempts ended."""
-        t = self.read_arrow("trials", ["trial_key", "attempt", "status", "finished_at"]).to_pylist()
+        t = self.read_arrow("trials", ["trial_key", "attempt", "status", "finished_at", "diverged_epoch"]).to_pylist()
         out: dict[str, dict[str, Any]] = {}
-        for row in sorted(t, key=lambda r: (r["status"] == "completed", r["attempt"])):
+        for row in sorted(t, key=lambda r: (r["status"] in FINAL_STATUSES, r["attempt"])):
             prev = out.get(row["trial_key"], {})
             out[row["trial_key"]] = {**row, "ended": prev.get("ended", 0) + 1}
         return out

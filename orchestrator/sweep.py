@@ -11,11 +11,14 @@ describes the file.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import difflib
 import itertools
+import math
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -24,10 +27,13 @@ from typing import Any
 import yaml
 
 from orchestrator.cli import UserError
-from trainers.config import FIELDS, ConfigError, TrialConfig, irrelevant, make_config
+from trainers.config import FIELDS, ConfigError, TrialConfig, config_key, irrelevant, make_config, type_name, type_ok
 
 SWEEP_FIELDS = ("name", "description", "base", "axes", "include", "exclude", "resources", "max_concurrent",
-                "retries", "checkpoint_every", "pack", "results", "mlflow", "storage")
+                "retries", "checkpoint_every", "pack", "results", "mlflow", "storage", "max_trials")
+# A grid larger than this is refused before it is expanded (its count comes from the axes' sizes): a typo
+# such as a 1000-value axis should cost one line, not the driver's memory. A sweep may raise it (max_trials).
+MAX_TRIALS = 100_000
 RESOURCE_FIELDS = ("cpus", "gpus", "gpu_memory", "memory")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Tracking URI schemes MLflow 3 understands (a plain path is refused: the file store is deprecated).
@@ -82,6 +88,7 @@ class Sweep:
     pack: int | str = 1            # trials per packed Tune trial, or "auto" (orchestrator/packing.py)
     gpu_memory: float = 0.0        # GiB of one GPU (0: ask the local GPU) for the packing check
     memory: float = 0.0            # GiB of host memory per Tune trial (0: not reserved)
+    max_trials: int = MAX_TRIALS
     stats: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -164,30 +171,12 @@ def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _type_ok(name: str, value: Any) -> bool:
-    default = FIELDS[name].default
-    if default is dataclasses.MISSING:  # `extra` (default_factory)
-        return isinstance(value, dict)
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, int):
-        return _int(value)
-    if isinstance(default, float):
-        return _number(value)
-    return isinstance(value, type(default))
-
-
-def _type_name(name: str) -> str:
-    default = FIELDS[name].default
-    return "mapping" if default is dataclasses.MISSING else type(default).__name__
-
-
 def _check_field(path: str, where: str, name: Any, value: Any) -> None:
     """A trial field named in the sweep: known, and a value of its type."""
     if name not in FIELDS:
         raise _fail(path, where, f"unknown trial field{_suggest(str(name), sorted(FIELDS))}")
-    if not _type_ok(name, value):
-        raise _fail(path, where, f"expected {_type_name(name)}, got {value!r}")
+    if not type_ok(name, value):
+        raise _fail(path, where, f"expected {type_name(name)}, got {value!r}")
 
 
 def _mapping(path: str, where: str, value: Any, what: str) -> dict[str, Any]:
@@ -356,6 +345,9 @@ def parse_sweep(data: Any, path: str = "<sweep>", text: str = "", results: str |
     pack = data.get("pack", 1)
     if pack != "auto" and (not _int(pack) or pack < 1):
         raise _fail(path, "pack", f"expected a number of trials per pack (1 = no packing) or auto, got {pack!r}")
+    max_trials = data.get("max_trials", MAX_TRIALS)
+    if not _int(max_trials) or max_trials < 1:
+        raise _fail(path, "max_trials", f"expected a whole number >= 1, got {max_trials!r}")
     ints = {}
     for k in ("max_concurrent", "retries", "checkpoint_every"):
         v = data.get(k, DEFAULTS.get(k))
@@ -373,7 +365,7 @@ def parse_sweep(data: Any, path: str = "<sweep>", text: str = "", results: str |
     return Sweep(name=name, path=path, text=text, base=base, axes=axes, include=include, exclude=exclude,
                  cpus=float(cpus), gpus=float(gpus), max_concurrent=ints["max_concurrent"],
                  retries=ints["retries"], results=results_root, mlflow=uri, storage=store,
-                 description=description, pack=pack, **mem)
+                 description=description, pack=pack, max_trials=max_trials, **mem)
 
 
 # -- expansion ------------------------------------------------------------------------------------------
@@ -421,8 +413,26 @@ def _product(sweep: Sweep) -> list[Candidate]:
     return out
 
 
+def upper_count(sweep: Sweep) -> int:
+    """The most trials the file can make, from the sizes of its axes and include rules (before exclude and
+    deduplication), without expanding anything."""
+    def size(rule: dict[str, Any]) -> int:
+        return math.prod(len(v) if isinstance(v, list) else 1 for v in rule.values())
+
+    n = math.prod(len(v) for v in sweep.axes.values())
+    for rule in sweep.include:
+        n = n * size(rule["then"]) if "when" in rule else n + size(rule)
+    return n
+
+
 def expand(sweep: Sweep) -> list[Trial]:
     """Every trial of the sweep, in file order, validated and deduplicated by key."""
+    most = upper_count(sweep)
+    if most > sweep.max_trials:
+        sizes = " x ".join(str(len(v)) for v in sweep.axes.values()) or "1"
+        rules = ", with include rules" if sweep.include else ""
+        raise _fail(sweep.path, "axes", f"{most} trials (axes {sizes}{rules}), more than max_trials "
+                                        f"({sweep.max_trials}); set max_trials: {most} in the file to run them all")
     cands = _product(sweep)
     added = 0
     for i, rule in enumerate(sweep.include):
@@ -453,17 +463,18 @@ def expand(sweep: Sweep) -> list[Trial]:
             loc = where.get(field_) or f"trial {_describe(vals, sweep)}: {field_}"
             raise _fail(sweep.path, loc, what) from None
         built.append((cfg, (vals, where)))
-    seen: dict[str, tuple[TrialConfig, Candidate]] = {}
+    seen: dict[str, tuple[TrialConfig, dict[str, Any], Candidate]] = {}
     for cfg, cand in built:
-        seen.setdefault(cfg.key(), (cfg, cand))
+        d = cfg.to_dict()  # once per trial: the key, the varying fields and the names all read it
+        seen.setdefault(config_key(d), (cfg, d, cand))
     duplicates = len(built) - len(seen)
     if not seen:
         raise _fail(sweep.path, "exclude", f"no trials left ({before} before exclude)")
-    varying = _varying(sweep, [c for c, _ in seen.values()])
-    trials = [_trial(k, c, cand, varying, sweep) for k, (c, cand) in seen.items()]
-    names = [t.name for t in trials]
-    if len(set(names)) != len(names):  # only in odd corner cases: keep names unique with the key
-        trials = [dataclasses.replace(t, name=f"{t.name},key={t.key[:8]}") if names.count(t.name) > 1 else t
+    varying = _varying(sweep, [d for _, d, _ in seen.values()])
+    trials = [_trial(k, c, d, cand, varying, sweep) for k, (c, d, cand) in seen.items()]
+    names = collections.Counter(t.name for t in trials)
+    if len(names) != len(trials):  # only in odd corner cases: keep names unique with the key
+        trials = [dataclasses.replace(t, name=f"{t.name},key={t.key[:8]}") if names[t.name] > 1 else t
                   for t in trials]
     sweep.stats = {"combinations": before, "included": added, "excluded": excluded, "duplicates": duplicates,
                    "trials": len(trials)}
@@ -485,11 +496,15 @@ def _field_order(sweep: Sweep) -> list[str]:
     return list(dict.fromkeys(order))
 
 
-def _varying(sweep: Sweep, configs: list[TrialConfig]) -> list[str]:
-    """The fields whose value differs between trials: they make up trial names."""
-    order = _field_order(sweep) + [f for f in FIELDS if f not in _field_order(sweep)]
-    first = configs[0].to_dict()
-    return [f for f in order if any(c.to_dict()[f] != first[f] for c in configs[1:])]
+def _varying(sweep: Sweep, configs: list[dict[str, Any]]) -> list[str]:
+    """The fields whose value differs between trials (configs: their to_dict()): they make up trial names."""
+    order = _field_order(sweep)
+    order += [f for f in FIELDS if f not in order]
+    first = configs[0]
+    same = set(order)  # fields equal in every config so far
+    for d in configs[1:]:
+        same -= {f for f in same if d[f] != first[f]}
+    return [f for f in order if f not in same]
 
 
 def _fmt(v: Any) -> str:
@@ -500,18 +515,12 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _shown(cfg: TrialConfig, cand: Candidate, varying: list[str]) -> list[str]:
+def _shown(skip: set[str], cand: Candidate, varying: list[str]) -> list[str]:
     """The fields a trial's name shows: those the sweep file sets for this trial (base, axes, include),
-    among those that vary across the sweep and matter for it (endpoints of a line drop out)."""
+    among those that vary across the sweep and matter for it (`skip`: irrelevant(cfg); endpoints of a line
+    drop out)."""
     _, where = cand
-    skip = irrelevant(cfg)
     return [f for f in varying if f in where and f not in skip]
-
-
-def _name(cfg: TrialConfig, cand: Candidate, varying: list[str]) -> str:
-    """`shape=line,layerwise=true,seed=1`."""
-    d = cfg.to_dict()
-    return ",".join(f"{f}={_fmt(d[f])}" for f in _shown(cfg, cand, varying)) or "trial"
 
 
 def word(name: str, value: Any) -> str:
@@ -524,12 +533,13 @@ def word(name: str, value: Any) -> str:
     return f"{name}={_fmt(value)}"
 
 
-def _trial(key: str, cfg: TrialConfig, cand: Candidate, varying: list[str], sweep: Sweep) -> Trial:
-    """A Trial with its words: the sweep's axes in the file's order (a group axis as its entry's fields), then
-    the fields that vary through include rules."""
-    d = cfg.to_dict()
-    shown = _shown(cfg, cand, varying)
+def _trial(key: str, cfg: TrialConfig, d: dict[str, Any], cand: Candidate, varying: list[str],
+           sweep: Sweep) -> Trial:
+    """A Trial (d: cfg.to_dict()) with its name (`shape=line,layerwise=true,seed=1`) and words: the sweep's
+    axes in the file's order (a group axis as its entry's fields), then the fields that vary through include
+    rules."""
     skip = irrelevant(cfg)
+    shown = _shown(skip, cand, varying)
     _, where = cand
     words: list[tuple[str, str]] = []   # (field, the field in words)
     axes = []
@@ -548,7 +558,8 @@ def _trial(key: str, cfg: TrialConfig, cand: Candidate, varying: list[str], swee
     words += [(f, word(f, d[f])) for f in shown if f not in covered]
     title = " ".join(w for _, w in words) or "trial"
     group = " ".join(w for f, w in words if f not in REPLICATE) or "all"
-    return Trial(key=key, name=_name(cfg, cand, varying), config=cfg, title=title, group=group, axes=tuple(axes))
+    name = ",".join(f"{f}={_fmt(d[f])}" for f in shown) or "trial"
+    return Trial(key=key, name=name, config=cfg, title=title, group=group, axes=tuple(axes))
 
 
 # -- basin validate ---------------------------------------------------------------------------------------
@@ -576,9 +587,18 @@ def add_validate_args(p: Any) -> None:
     p.add_argument("sweep", help="the sweep file (YAML)")
     p.add_argument("--show", type=int, default=5, metavar="N", help="print the first N trials (default 5)")
     p.add_argument("--results", help="results folder or URI (overrides the file's `results`)")
+    p.add_argument("--cluster", action="store_true",
+                   help="the sweep runs on a cluster: skip the checks of this machine (resources, data on disk)")
 
 
 def cmd_validate(args: Any) -> int:
     sweep = load_sweep(args.sweep, results=args.results)
-    print(describe(sweep, args.show))
+    if not args.cluster:
+        from orchestrator.preflight import check
+
+        check(sweep)
+    try:
+        print(describe(sweep, args.show), flush=True)
+    except BrokenPipeError:  # `basin validate X | head -1`: the reader has all it wants; end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail
     return 0

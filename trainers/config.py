@@ -6,6 +6,7 @@ explicit fields still win over it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -171,15 +172,24 @@ class TrialConfig:
         return {"point": 1, "line": 2, "curve": 3, "simplex": self.endpoints}[self.shape]
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field as a plain value (`extra` copied). Not dataclasses.asdict: that deep-copies every value,
+        and a 100,000-trial sweep calls this a few times per trial."""
+        d = dict(self.__dict__)
+        d["extra"] = copy.deepcopy(self.extra) if self.extra else {}
+        return d
 
     def key(self) -> str:
         """Stable hash of what determines the numbers (not where data lives or which device runs it). Only
         values that differ from their defaults are hashed, so a field added later (with a default that keeps
         the old behaviour) leaves every earlier trial's key, and so its results, as they were. The price:
         a default must never change its meaning; add a field instead."""
-        d = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_KEY and v != _DEFAULTS[k]}
-        return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return config_key(self.to_dict())
+
+
+def config_key(d: dict[str, Any]) -> str:
+    """TrialConfig.key of a config's to_dict()."""
+    d = {k: v for k, v in d.items() if k not in _NOT_IN_KEY and v != _DEFAULTS[k]}
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 _NOT_IN_KEY = {"data_dir", "download", "device", "checkpoint_every", "corruption_dir"}
@@ -200,8 +210,9 @@ def irrelevant(cfg: TrialConfig) -> set[str]:
     return set(CANONICAL.get(cfg.shape, {})) | _foreign_fields(cfg.method)
 
 
-def _foreign_fields(method: str) -> set[str]:
-    return {f for m, names in METHOD_FIELDS.items() if m != method for f in names}
+@functools.cache
+def _foreign_fields(method: str) -> frozenset[str]:
+    return frozenset(f for m, names in METHOD_FIELDS.items() if m != method for f in names)
 
 
 def sampler_list(value: str) -> list[str]:
@@ -227,7 +238,10 @@ class ConfigError(ValueError):
     """A bad config value; the message is one line naming the field."""
 
 
-def _type_ok(value: Any, default: Any) -> bool:
+def type_ok(name: str, value: Any) -> bool:
+    """Whether `value` has the type of field `name` (an int is a float; a bool is never a number). The one
+    type check of trial fields: make_config and sweep files (orchestrator/sweep.py) use it."""
+    default = _DEFAULTS[name]
     if isinstance(default, bool):
         return isinstance(value, bool)
     if isinstance(default, int):
@@ -235,6 +249,12 @@ def _type_ok(value: Any, default: Any) -> bool:
     if isinstance(default, float):
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     return isinstance(value, type(default))
+
+
+def type_name(name: str) -> str:
+    """The type of field `name` in words, for messages."""
+    default = _DEFAULTS[name]
+    return "mapping" if isinstance(default, dict) else type(default).__name__
 
 
 def make_config(values: dict[str, Any], where: str = "") -> TrialConfig:
@@ -251,16 +271,14 @@ def make_config(values: dict[str, Any], where: str = "") -> TrialConfig:
     merged = {**PRESETS.get(preset, {}), **values}
     shape = merged.get("shape", TrialConfig.shape)
     merged.update(CANONICAL.get(shape, {}))  # fields that mean nothing for a shape take one value
-    defaults = TrialConfig()
     for name in _foreign_fields(merged.get("method", TrialConfig.method)):  # ... nor do another method's
         merged.pop(name, None)
     for name, value in merged.items():
-        default = getattr(defaults, name)
-        if not _type_ok(value, default):
-            raise ConfigError(f"{prefix}{name}: expected {type(default).__name__}, got {value!r}")
+        if not type_ok(name, value):
+            raise ConfigError(f"{prefix}{name}: expected {type_name(name)}, got {value!r}")
     if merged.get("method") == "mpo" and "mpo_pattern" in merged:  # trials run in their own folders (Ray Tune)
         merged["mpo_pattern"] = patterns.absolute(merged["mpo_pattern"])
-    cfg = TrialConfig(**{k: (float(v) if isinstance(getattr(defaults, k), float) else v) for k, v in merged.items()})
+    cfg = TrialConfig(**{k: (float(v) if isinstance(_DEFAULTS[k], float) else v) for k, v in merged.items()})
     _check_values(cfg, prefix)
     return cfg
 
@@ -411,10 +429,11 @@ def _check_landscape(c: TrialConfig, need: Callable[[bool, str, str], None]) -> 
     probes = probe_list(c.probes)
     need(all(p in PROBES for p in probes), "probes", f"a comma-separated subset of {', '.join(PROBES)}, or all")
     need(not probes or c.method != "mimo", "probes", "none for method mimo (its heads share one network)")
-    known = probe_point_names(c)
-    missing = [p for p in probe_list(c.probe_points) if p != "main" and p not in known]
-    need(not probes or not missing, "probe_points",
-         f"main or points of this trial ({_short(known)}); there is no {', '.join(missing)}")
+    if probes:  # the point names are a few hundred strings: built only for trials that probe
+        known = probe_point_names(c)
+        missing = [p for p in probe_list(c.probe_points) if p != "main" and p not in known]
+        need(not missing, "probe_points",
+             f"main or points of this trial ({_short(known)}); there is no {', '.join(missing)}")
     need(not probes or bool(probe_list(c.probe_points)), "probe_points", "at least one point")
     need(c.probe_examples >= 2, "probe_examples", "at least 2")
     need(c.probe_top_k >= 1, "probe_top_k", "at least 1")

@@ -157,7 +157,8 @@ def run_pack(cfgs: list[TrialConfig], sinks: list[Sink | None] | None = None,
         raise ValueError("packed trials resume from different epochs: "
                          + ", ".join(f"seed {r.cfg.seed} at epoch {r.first - 1}" for r in runs))
     out: list[dict[str, list[dict[str, Any]]] | None] = [None] * len(runs)
-    alive = list(range(len(runs)))
+    alive = list(range(len(runs)))     # members that finish (completed or diverged)
+    training = list(alive)             # members still stepping
 
     def attempt(i: int, work: Callable[[], Any]) -> bool:
         try:
@@ -174,12 +175,15 @@ def run_pack(cfgs: list[TrialConfig], sinks: list[Sink | None] | None = None,
         perms = pack.start_epoch(epoch)
         for i in range(runs[0].steps):
             pack.step(perms, i)
-        kept = [i for i in alive if attempt(i, lambda i=i, e=epoch: runs[i].end_epoch(e))]
-        if not kept:
-            return out
-        if kept != alive:  # the others go on as a smaller pack (re-stacked; optimizer states are the trials')
-            alive = kept
-            pack = Pack([runs[i] for i in alive])
+        failed = {i for i in training if not attempt(i, lambda i=i, e=epoch: runs[i].end_epoch(e))}
+        alive = [i for i in alive if i not in failed]
+        # a diverged member keeps its rows as they are and stops training; so does a failed one
+        still = [i for i in training if i not in failed and not runs[i].diverged_at]
+        if not still:
+            break
+        if still != training:  # the others go on as a smaller pack (re-stacked; optimizer states are the trials')
+            training = still
+            pack = Pack([runs[i] for i in training])
     for i in alive:
         attempt(i, runs[i].finish)
     return out

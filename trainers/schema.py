@@ -6,6 +6,9 @@ import pyarrow as pa
 
 from trainers.config import FIELDS
 
+# Statuses that end a trial for good: a re-run skips them. `diverged`: its training loss went non-finite at
+# trials.diverged_epoch, a result (the epochs rows up to there are kept), not an error to retry.
+FINAL_STATUSES = ("completed", "diverged")
 ID = [("sweep", pa.string()), ("trial_key", pa.string()), ("attempt", pa.int32())]
 _F32_LIST = pa.list_(pa.float32())
 
@@ -22,7 +25,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("started_at", pa.float64()), ("finished_at", pa.float64()), ("seconds", pa.float64()),
         ("ran_on", pa.string()), ("n_params", pa.int64()), ("label_noise_actual", pa.float64()),
         ("main_point", pa.string()), ("main_ensemble", pa.string()), ("best_epoch", pa.int32()),
-        ("compile_seconds", pa.float64()),
+        ("diverged_epoch", pa.int32()), ("compile_seconds", pa.float64()),
         ("corruption_generator", pa.string()),
         ("extra", pa.string()), ("config_json", pa.string()),
     ] + _config_columns()),

@@ -112,6 +112,7 @@ class Run:
         self.trajectory = Trajectory(cfg.sampler_checkpoints, self.method.sub.n_params, self.device) \
             if fitted else None
         self.first, self.elapsed = 1, 0.0
+        self.diverged_at = 0  # the epoch whose training loss went non-finite (0: none); the trial stops there
         if resume is not None:
             self.method.load_state_dict(resume["model"])
             self.opt.load_state_dict(copy.deepcopy(resume["optimizer"]))  # it would train the given tensors
@@ -158,10 +159,20 @@ class Run:
         """Everything after an epoch's steps: validation (and early stopping), trajectory predictions and
         weights, the epoch row, the checkpoint, the sink."""
         cfg, d, method = self.cfg, self.data, self.method
-        method.end_epoch(epoch)
         row: dict[str, Any] = dict(epoch=epoch, lr=self.lr, train_loss=float(self.sums["loss"]) / self.steps,
                                    train_acc=float(self.sums["correct"]) / self.sums["seen"],
                                    reg=float(self.sums["reg"]) / self.steps, val_acc=None, val_nll=None)
+        if not (math.isfinite(row["train_loss"]) and math.isfinite(row["reg"])):
+            # Diverged: a result, not an error. Keep this epoch's row and stop; nothing after it (validation,
+            # a checkpoint of NaN weights, the final evaluation) would mean anything.
+            self.diverged_at = epoch
+            seconds = time.time() - self.t0
+            self.elapsed += seconds
+            self.records["epochs"].append({**row, "seconds": seconds, "samples_per_s": None})
+            if self.sink is not None:
+                self.sink.progress(self.records["epochs"][-1], None)
+            return
+        method.end_epoch(epoch)
         validate = bool(cfg.eval_every and epoch % cfg.eval_every == 0 and len(d.val_y))
         if validate or cfg.epoch_predictions:
             vp = method.val_point()
@@ -205,17 +216,22 @@ class Run:
     def finish(self) -> dict[str, list[dict[str, Any]]]:
         """The final evaluation and the trials row; the sink gets every row of the trial."""
         cfg, method = self.cfg, self.method
-        evals, preds = evaluate(cfg, method, self.data, self.g, cfg.epochs, self.best, self.trajectory,
-                                self.corrupted)
-        self.records["evals"] += evals
-        self.records["predictions"] += preds
-        self.records["probes"] = probes(cfg, method, self.data, cfg.epochs)
+        status, error = "completed", ""
+        if self.diverged_at:
+            status, error = "diverged", f"non-finite training loss at epoch {self.diverged_at}"
+        else:
+            evals, preds = evaluate(cfg, method, self.data, self.g, cfg.epochs, self.best, self.trajectory,
+                                    self.corrupted)
+            self.records["evals"] += evals
+            self.records["predictions"] += preds
+            self.records["probes"] = probes(cfg, method, self.data, cfg.epochs)
         finished = time.time()
         self.records["trials"] = [trial_row(
-            cfg.to_dict(), name="", status="completed", error="", started_at=self.started, finished_at=finished,
+            cfg.to_dict(), name="", status=status, error=error, started_at=self.started, finished_at=finished,
             seconds=self.prior + finished - self.started, ran_on=str(self.device), n_params=method.sub.n_params,
             label_noise_actual=self.data.noise_actual, main_point=method.main, main_ensemble=method.ensemble,
-            best_epoch=self.best["epoch"] if self.best else None, compile_seconds=self.compile_seconds,
+            best_epoch=self.best["epoch"] if self.best else None, diverged_epoch=self.diverged_at or None,
+            compile_seconds=self.compile_seconds,
             corruption_generator=self.corrupted.record if self.corrupted else "")]
         if self.sink is not None:
             self.sink.finish(self.records)
@@ -233,4 +249,6 @@ def run_trial(cfg: TrialConfig, sink: Sink | None = None,
             run.opt.zero_grad(set_to_none=True)
             run.step(run.method.train_step(x, y, run.g))
         run.end_epoch(epoch)
+        if run.diverged_at:
+            break
     return run.finish()
