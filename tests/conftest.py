@@ -133,6 +133,17 @@ def assert_mirror_matches_parquet(uri: str, sweep) -> None:
         assert run.data.params["seed"] == str(int(t.seed))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def restore_torch_threads():
+    """A module that sets torch's thread count leaves it as it found it: the count picks the CPU kernels, and
+    so the rounding, which comparisons of packed and separate trials depend on (tests/test_pack.py)."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def ray_local():
     """A real local Ray (2 CPUs, no dashboard, bound to 127.0.0.1) started by basin's own start_ray; the
