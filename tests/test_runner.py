@@ -107,7 +107,7 @@ def test_status_and_compact(finished, capsys):
     root = str(Path(sweep.dir).parent)
     assert main(["status", root]) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("tiny"))
-    assert line.split()[1:5] == ["4", "0", "4", "finished"]
+    assert line.split()[1:6] == ["4", "0", "0", "4", "finished"]
 
     before = load(sweep.dir)
     tables = {t: getattr(before, t).sort_values(["trial_key", *before.table(t).columns[3:4]]).reset_index(drop=True)
