@@ -88,7 +88,7 @@ class TuneSink:
     def __init__(self, store: Store, sweep: str, key: str, name: str, attempt: int, resumed_from: int,
                  epochs: int, fail_at: int = 0, fail_attempts: int | None = None, started: float | None = None):
         self.store, self.sweep, self.key, self.name = store, sweep, key, name
-        self.started = time.time() if started is None else started  # this attempt's start (the run's start)
+        self.started = time.time() if started is None else started  # the trial's first start (the run's start)
         self.attempt, self.resumed_from, self.epochs = attempt, resumed_from, epochs
         self.fail_at, self.fail_attempts = fail_at, fail_attempts
         self.written = False
@@ -185,9 +185,12 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                                         "resumed_from_epoch": resumed_from, "checkpoint": source,
                                         "tune_trial_id": tune.get_context().get_trial_id()})
     extra = cfg.extra or {}
+    # The MLflow run spans the whole trial: a run first created by a later attempt (its driver was killed before
+    # it logged the first) still starts when the trial did.
+    first = (store.attempts(key)[:1] or [{}])[0].get("started_at", started) if attempt else started
     sink = TuneSink(store, ctx.sweep, key, name, attempt, resumed_from, cfg.epochs,
                     fail_at=int(extra.get("basin_fail_at_epoch", 0)), fail_attempts=extra.get("basin_fail_attempts"),
-                    started=started)
+                    started=first)
     try:
         run_trial(cfg, sink=sink, resume=resume)
     except Exception as e:
