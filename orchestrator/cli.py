@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("orchestrator.analyze", "write a report folder (figures, tables, index.html) from results"),
     "submit": ("orchestrator.submit", "submit a sweep to a Ray cluster as a Ray job"),
     "logs": ("orchestrator.submit", "follow the logs of a submitted sweep job"),
+    "sync-mlflow": ("orchestrator.sync", "rebuild or complete a sweep's MLflow runs from its Parquet results"),
 }
 
 
@@ -32,12 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         if name == wanted:  # only the command being run pays for its imports
-            getattr(importlib.import_module(module), f"add_{name}_args")(p)
+            getattr(importlib.import_module(module), f"add_{name.replace('-', '_')}_args")(p)
         else:
             p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
-        return int(getattr(importlib.import_module(COMMANDS[args.command][0]), f"cmd_{args.command}")(args) or 0)
+        command = getattr(importlib.import_module(COMMANDS[args.command][0]), f"cmd_{args.command.replace('-', '_')}")
+        return int(command(args) or 0)
     except UserError as e:
         print(f"basin {args.command}: error: {e}", file=sys.stderr)
         return 2

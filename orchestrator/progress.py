@@ -3,6 +3,8 @@ MLflow mirror from the Tune result stream (so the trials themselves never talk t
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +28,49 @@ def one_line(text: str, limit: int = 300) -> str:
     """The last meaningful line of an error (a traceback ends with the exception)."""
     lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
     return (lines[-1] if lines else "")[:limit]
+
+
+def error_text(err: Any, limit: int = 300) -> str:
+    """Why a trial's attempt failed, in one line: the trial's own exception (type: message), or which worker
+    died and how Ray saw it die (an actor's error has no traceback; its last line is only Ray's list of
+    possible causes)."""
+    from ray.exceptions import RayActorError, RayTaskError
+
+    if isinstance(err, RayTaskError) and isinstance(err.cause, BaseException) and \
+            not isinstance(err.cause, RayTaskError):
+        err = err.cause
+    if isinstance(err, RayActorError):
+        text = " ".join(str(err).split())
+        pid, ip = re.search(r"pid: (\d+)", text), re.search(r"ip: (\S+)", text)
+        detail = re.search(r"Worker exit detail: (.*?)(?: There are some potential root causes|$)", text)
+        where = ", ".join(x for x in (pid and f"pid {pid[1]}", ip and f"on {ip[1]}") if x)
+        why = detail[1] if detail else one_line(str(err), limit)
+        return f"{type(err).__name__}: the trial's worker process{f' ({where})' if where else ''} died: {why}"[:limit]
+    if isinstance(err, BaseException):
+        message = " ".join(one_line(str(err), limit).split())
+        return f"{type(err).__name__}: {message}"[:limit] if message else type(err).__name__
+    return one_line(str(err), limit) if err else ""
+
+
+def trial_error(trial: Any) -> str:
+    """The error of a Tune trial's latest failure. Tune writes it beside the trial's driver-side folder before
+    it calls the callbacks (the copy in the storage path, Trial.get_error's, comes later): the exception as Ray
+    pickled it, else its text."""
+    import cloudpickle
+
+    for path, read in ((trial.pickled_error_file, lambda f: error_text(cloudpickle.load(f))),
+                       (trial.error_file, lambda f: one_line(f.read().decode(errors="replace")))):
+        if path and os.path.exists(path):
+            try:
+                with open(path, "rb") as f:
+                    if text := read(f):
+                        return text
+            except Exception:  # an unreadable file: try the next source
+                continue
+    try:
+        return one_line(str(trial.get_error() or "")) or "Ray Tune recorded no error for it"
+    except Exception as e:
+        return f"Ray Tune recorded no readable error for it ({type(e).__name__})"
 
 
 class SweepCallback(tune.Callback):
@@ -157,9 +202,5 @@ class SweepCallback(tune.Callback):
 
     @staticmethod
     def _error(trial: Any) -> str:
-        try:
-            err = trial.get_error()
-        except Exception:
-            err = None
-        return one_line(str(err) if err is not None else "unknown error")
+        return trial_error(trial)
 

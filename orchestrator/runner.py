@@ -31,6 +31,7 @@ from orchestrator import packing, preflight
 from orchestrator.cli import UserError
 from orchestrator.store import Store
 from orchestrator.sweep import Sweep, Trial, describe, is_uri, load_sweep
+from orchestrator.sync import heal, record_sync, sweep_mirror
 from orchestrator.tracking import Mirror, eval_metrics, probe_metrics, summary_metrics
 from trainers.config import TrialConfig
 from trainers.schema import FINAL_STATUSES
@@ -89,7 +90,7 @@ class TuneSink:
     def __init__(self, store: Store, sweep: str, key: str, name: str, attempt: int, resumed_from: int,
                  epochs: int, fail_at: int = 0, fail_attempts: int | None = None, started: float | None = None):
         self.store, self.sweep, self.key, self.name = store, sweep, key, name
-        self.started = time.time() if started is None else started  # this attempt's start (the run's start)
+        self.started = time.time() if started is None else started  # the trial's first start (the run's start)
         self.attempt, self.resumed_from, self.epochs = attempt, resumed_from, epochs
         self.fail_at, self.fail_attempts = fail_at, fail_attempts
         self.written = False
@@ -198,9 +199,13 @@ def _start(store: Store, ctx: TrialContext, t: dict[str, Any]) -> tuple[TrialCon
                                         "resumed_from_epoch": resumed_from, "checkpoint": source,
                                         "tune_trial_id": tune.get_context().get_trial_id()})
     extra = cfg.extra or {}
+    # The MLflow run spans the whole trial: a run first created by a later attempt (its driver was killed before
+    # it logged the first) still starts when the trial did.
+    first = (store.attempts(key)[:1] or [{}])[0].get("started_at", started) if attempt else started
     sink = TuneSink(store, ctx.sweep, key, name, attempt, resumed_from, cfg.epochs,
                     fail_at=int(extra.get("basin_fail_at_epoch", 0)), fail_attempts=extra.get("basin_fail_attempts"),
-                    started=started)
+                    started=first)
+    sink.attempt_started = started  # this attempt's (a failed attempt's row spans it)
     return cfg, sink, resume
 
 
@@ -214,7 +219,8 @@ def _failed(store: Store, ctx: TrialContext, t: dict[str, Any], cfg: TrialConfig
         return
     now = time.time()
     row = trial_row(cfg.to_dict(), name=t["name"], status="failed", error=f"{type(e).__name__}: {e}"[:2000],
-                    started_at=sink.started, finished_at=now, seconds=now - sink.started)
+                    started_at=sink.attempt_started, finished_at=now,
+                    seconds=now - sink.attempt_started)
     try:
         store.write_tables({"trials": [row]}, ctx.sweep, t["key"], sink.attempt)
     except Exception as w:
@@ -307,6 +313,9 @@ def start_ray(address: str | None, num_cpus: int | None) -> bool:
         if address:
             ray.init(address=address, **common)
         else:
+            from orchestrator.reaper import watch_driver
+
+            watch_driver()  # what the local Ray starts ends with this process, however it ends
             with _loopback():
                 ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **common)
     except (ConnectionError, RuntimeError, ValueError) as e:
@@ -404,8 +413,10 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
     say(f"[{sweep.name}] {len(trials)} trials: {len(done)} completed earlier, {len(pending)} to run"
         f"{_packs_text(pending, pack)} ({sweep.cpus:g} CPU, {sweep.gpus:g} GPU each)")
     if not pending:
+        summary = Summary(sweep.name, len(trials), len(done), skipped=len(done))
+        summary.mlflow_gap = heal_mlflow(sweep, store)
         say(where_text(sweep))
-        return Summary(sweep.name, len(trials), len(done), skipped=len(done))
+        return summary
 
     for k, v in TUNE_ENV.items():
         os.environ.setdefault(k, v)
@@ -418,18 +429,7 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
     _record_run(store, stamp, record)
     mirror = None
     if sweep.mlflow:
-        from orchestrator.ui import experiment_tags
-
-        local_store = sweep.mlflow.startswith("sqlite:") and not is_uri(sweep.dir)
-        mirror = Mirror(sweep.mlflow, sweep.name, sweep_text=sweep.text,
-                        sweep_tags={"trials": len(trials), "axes": json.dumps(list(sweep.axes))},
-                        artifact_location=f"file://{sweep.dir}/mlartifacts" if local_store else None,
-                        warn=lambda m: say(f"[{sweep.name}] warning: {m}"),
-                        description=(sweep.description + "\n\n" if sweep.description else "")
-                        + f"The sweep `{sweep.name}` ({len(trials)} trials): its file (artifact sweep.yaml), "
-                          "per seed group the mean and std over seeds of each headline metric (metrics group/...) "
-                          "and the report of its latest run (artifacts report/index.html).",
-                        sweep_params=sweep_params(sweep), experiment_tags=experiment_tags(sweep)).start()
+        mirror = sweep_mirror(sweep, sweep.mlflow, warn=lambda m: say(f"[{sweep.name}] warning: {m}")).start()
     started_ray = False
     try:
         started_ray = start_ray(address, num_cpus)
@@ -452,11 +452,13 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
     by_key = {t.key: t.name for t in trials}
     failed = {by_key[k]: e for k, e in callback.failed.items()
               if status.get(k, {}).get("status") not in FINAL_STATUSES}
+    from orchestrator.progress import error_text
+
     for r in grid:  # trials Tune saw fail that the callback did not (e.g. the actor died)
         for m in packing.members(r.config["trial"]) if r.config and r.error is not None else []:
             key = m["key"]
             if by_key.get(key) not in failed and status.get(key, {}).get("status") not in FINAL_STATUSES:
-                failed[by_key[key]] = str(r.error).strip().splitlines()[-1][:300]
+                failed[by_key[key]] = error_text(r.error)
     summary = Summary(sweep.name, len(trials), completed, skipped=len(done), ran=len(pending), failed=failed,
                       diverged=diverged, seconds=seconds, timings=dict(callback.timings))
     local_report = build_report(sweep, store) if report and completed else None
@@ -469,6 +471,8 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
         summary.timings["mlflow_s"] = mirror.busy
         if local_report and mirror.parent_id:
             summary.report_mlflow = attach_report(sweep, local_report, mirror.parent_id)
+        # What the mirror missed, now or in an earlier run (a killed driver, an outage): filled from Parquet.
+        summary.mlflow_gap = heal_mlflow(sweep, store, summary.mlflow_gap)
     if local_report:
         summary.report = store.path("report/index.html") if store.local else f"{sweep.dir}/report/index.html"
         if not store.local:  # the local copy of a report that went to the results URI
@@ -523,11 +527,18 @@ def _fit(sweep: Sweep, pending: list[Trial], mirror: Mirror | None, every: float
     return callback, grid
 
 
-def sweep_params(sweep: Sweep) -> dict[str, Any]:
-    """The parent run's params: the sweep's base config, axes and resources."""
-    return {"trials": len(sweep.trials), "cpus": sweep.cpus, "gpus": sweep.gpus, "retries": sweep.retries,
-            "max_concurrent": sweep.max_concurrent, **{f"base.{k}": v for k, v in sweep.base.items()},
-            **{f"axis.{k}": v for k, v in sweep.axes.items()}}
+def heal_mlflow(sweep: Sweep, store: Store, gap: str = "") -> str:
+    """Complete the sweep's MLflow runs from Parquet (orchestrator/sync.py, as `basin sync-mlflow` does);
+    returns the MLflow gap left ("" when MLflow holds every ended trial in full)."""
+    if not sweep.mlflow:
+        return ""
+    healed = heal(sweep, sweep.mlflow, say=say)
+    if healed.changed or healed.error:
+        say(f"[{sweep.name}] {healed.describe(sweep.mlflow)}")
+    if healed.error:
+        return gap or healed.describe(sweep.mlflow)
+    record_sync(store, healed)
+    return ""
 
 
 def build_report(sweep: Sweep, store: Store) -> str | None:

@@ -61,16 +61,22 @@ def saved_sweep(folder: str) -> Any:
         return None
 
 
-def last_run(store: Store) -> dict[str, Any] | None:
-    """The newest record in runs/ (written by `basin run` at its start and end)."""
+def last_run_name(store: Store) -> str | None:
+    """The file name of the newest record in runs/ (written by `basin run` at its start and end)."""
     try:
         entries = store.list("runs")
     except OSError:
         return None
-    names = [e.base_name for e in entries if e.base_name.endswith(".json")]
-    if not names:
+    names = sorted(e.base_name for e in entries if e.base_name.endswith(".json"))
+    return names[-1] if names else None
+
+
+def last_run(store: Store) -> dict[str, Any] | None:
+    """The newest record in runs/."""
+    name = last_run_name(store)
+    if name is None:
         return None
-    data = store.read_bytes(f"runs/{names[-1]}")
+    data = store.read_bytes(f"runs/{name}")
     try:
         return json.loads(data) if data else None
     except ValueError:
@@ -94,6 +100,11 @@ def _state(run: dict[str, Any] | None) -> str:
     return "finished" if run.get("ok") else "incomplete"
 
 
+def running(run: dict[str, Any] | None) -> bool:
+    """Whether a run record is of a `basin run` still alive (on this machine; on another: cannot tell)."""
+    return _state(run) in ("running", "running?")
+
+
 def sweep_status(folder: str) -> dict[str, Any]:
     store = Store(folder)
     status = store.trial_status()
@@ -107,7 +118,7 @@ def sweep_status(folder: str) -> dict[str, Any]:
             "diverged": diverged, "failed": failed, "total": len(keys) if sweep else None,
             "attempts": sum(r["ended"] for r in status.values()),
             "state": _state(run), "last_run": run.get("started_at") if run else None,
-            "mlflow": sweep.mlflow if sweep else ""}
+            "mlflow": sweep.mlflow if sweep else "", "mlflow_gap": (run or {}).get("mlflow_gap", "")}
 
 
 def add_status_args(p: Any) -> None:
@@ -149,8 +160,12 @@ def cmd_status(args: Any) -> int:
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["last_run"])) if r["last_run"] else "-"
         total = "?" if r["total"] is None else r["total"]
+        state = r["state"] + ("*" if r["mlflow_gap"] else "")
         print(f"{r['sweep']:<{width}}  {r['completed']:>6}  {r['diverged']:>8}  {r['failed']:>6}  {total:>6}  "
-              f"{r['state']:<11}  {when:<16}  {r['folder']}")
+              f"{state:<11}  {when:<16}  {r['folder']}")
+    for r in rows:
+        if r["mlflow_gap"]:
+            print(f"* {r['sweep']}: {r['mlflow_gap']}; fill it in: basin sync-mlflow {r['folder']}")
     return 0
 
 

@@ -58,6 +58,18 @@ class _RunBuffer:
     # key, value, timestamp ms, step, whether it is a per-epoch metric (skipped if the step was logged before)
     metrics: list[tuple[str, float, int, int, bool]] = field(default_factory=list)
     status: str | None = None     # RUNNING / FINISHED / FAILED, applied after the metrics
+    params_again: bool = False    # log the params even to a run found from an earlier run
+
+
+@dataclass(frozen=True)
+class FoundRun:
+    """A trial's run as found in MLflow: enough to tell whether it is complete without reading it again."""
+    run_id: str
+    status: str          # RUNNING / FINISHED / FAILED / KILLED
+    epochs_logged: int   # tag basin.epochs_logged: every epoch 1..n is logged
+    trial_status: str    # tag basin.status: "completed" once the final metrics went with it
+    metrics: int         # how many metric keys it has
+    params: int
 
 
 @dataclass
@@ -81,13 +93,17 @@ class Mirror:
     def __init__(self, uri: str, experiment: str, sweep_tags: dict[str, str] | None = None,
                  sweep_text: str = "", artifact_location: str | None = None, every: float = 2.0,
                  warn: Callable[[str], None] | None = None, description: str = "",
-                 sweep_params: dict[str, Any] | None = None, experiment_tags: dict[str, str] | None = None):
+                 sweep_params: dict[str, Any] | None = None, experiment_tags: dict[str, str] | None = None,
+                 live: bool = True):
         self.uri, self.experiment = uri, experiment
         self.sweep_tags, self.sweep_text = dict(sweep_tags or {}), sweep_text
         self.description = description
         self.sweep_params = {k: param(v)[:MAX_PARAM_CHARS] for k, v in (sweep_params or {}).items()}
         self.experiment_tags = dict(experiment_tags or {})
         self.artifact_location, self.every = artifact_location, every
+        # live: a sweep is running (its parent run is set RUNNING, its file, params and views refreshed).
+        # Not live (orchestrator/sync.py): an existing parent run is left as it is, only read.
+        self.live = live
         self.warn = warn or (lambda msg: None)
         self.gap = Gap()
         self.experiment_id: str | None = None
@@ -96,6 +112,9 @@ class Mirror:
         self.logged: dict[str, set[int]] = {}      # trial key -> epoch steps its run has
         self.times_ms: dict[str, list[int | None]] = {}  # trial key -> the trial's own start and end (ms)
         self._found: set[str] = set()              # runs that existed before this mirror started
+        self.found: dict[str, FoundRun] = {}       # ... what they hold (read once, in pages, by _open)
+        self.duplicates: list[str] = []            # run ids of second runs of a trial (none unless a bug)
+        self.parent_status, self.parent_metrics = "", 0  # the parent run as found (status, how many metrics)
         self._started: set[str] = set()            # trials whose start time the driver has passed on
         self._terminated: set[str] = set()         # runs not RUNNING (ended, or found ended)
         self._queue: list[tuple[str, str, Any]] = []
@@ -117,14 +136,16 @@ class Mirror:
         self._thread.start()
         return self
 
-    def trial(self, key: str, name: str, config: dict[str, Any], tags: dict[str, Any] | None = None) -> None:
+    def trial(self, key: str, name: str, config: dict[str, Any], tags: dict[str, Any] | None = None,
+              params_again: bool = False) -> None:
         """Make sure trial `key` has a child run named `name`, with the config as params (and `tags`). A new
         run is created once its start time is known (`times`) or it ends, so that MLflow shows the trial's own
-        times rather than those of the driver's flushes."""
+        times rather than those of the driver's flushes. A run found from an earlier run keeps its params
+        unless `params_again` (orchestrator/sync.py: a run created just before a driver died has none)."""
         params = {k: param(v) for k, v in config.items()}
         t = {k: param(config[k]) for k in TAG_FIELDS if k in config}
         t.update({k: str(v) for k, v in (tags or {}).items()})
-        self._put(key, "trial", (name, params, t))
+        self._put(key, "trial", (name, params, t, params_again))
 
     def times(self, key: str, start: float | None = None, end: float | None = None) -> None:
         """The trial's start and end (seconds since the epoch, as in the trials table). The first start of a
@@ -156,7 +177,11 @@ class Mirror:
         self._closing = True
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        else:  # never started (orchestrator/sync.py): one flush in this thread
+            self._drain()
+            self._flush()
         with self._lock:
             for key, buf in self._pending.items():
                 self._count_gap(key, buf, "still pending at exit")
@@ -191,7 +216,8 @@ class Mirror:
         for kind, key, value in queue:
             buf = self._pending.setdefault(key, _RunBuffer())
             if kind == "trial":
-                buf.name, params, tags = value
+                buf.name, params, tags, again = value
+                buf.params_again = buf.params_again or again
                 buf.params.update(params)
                 buf.tags.update(tags)
             elif kind == "metrics":
@@ -211,19 +237,28 @@ class Mirror:
                 if buf.metrics:
                     self._count_gap(key, buf, "too much data held while MLflow was unreachable", metrics_only=True)
 
+    def send(self) -> None:
+        """Send everything queued now, in this thread; raises when MLflow cannot be reached (what was not sent
+        stays queued). For a mirror that was not started (orchestrator/sync.py)."""
+        self._drain()
+        self._send()
+
+    def _send(self) -> None:
+        self._open()
+        for key in list(self._pending):
+            buf = self._pending[key]
+            try:
+                if self._flush_run(key, buf):
+                    del self._pending[key]
+            except Exception as e:
+                if not _permanent(e):
+                    raise
+                self._count_gap(key, buf, _one_line(e))
+                del self._pending[key]
+
     def _flush(self) -> None:
         try:
-            self._open()
-            for key in list(self._pending):
-                buf = self._pending[key]
-                try:
-                    if self._flush_run(key, buf):
-                        del self._pending[key]
-                except Exception as e:
-                    if not _permanent(e):
-                        raise
-                    self._count_gap(key, buf, _one_line(e))
-                    del self._pending[key]
+            self._send()
             self._backoff = 0.0
         except Exception as e:  # unreachable, locked, timed out: keep the data, try again later
             self._backoff = min(60.0, max(2.0, self._backoff * 2))
@@ -242,12 +277,14 @@ class Mirror:
         if not metrics_only:
             buf.params, buf.tags, buf.status = {}, {}, None
 
+    def open(self) -> None:
+        """Experiment, parent run and the child runs that already exist (once; the thread does it lazily)."""
+        self._open()
+
     def _open(self) -> None:
-        """Experiment, parent run and the child runs that already exist (once, lazily)."""
         if self.parent_id is not None:
             return
         logging.getLogger("mlflow").setLevel(logging.WARNING)
-        from mlflow.entities import Param, RunTag
         from mlflow.tracking import MlflowClient
 
         client = self._client or MlflowClient(tracking_uri=self.uri)
@@ -264,11 +301,23 @@ class Mirror:
                                      order_by=["attributes.start_time ASC"])
         if parents:
             parent, have = parents[0].info.run_id, parents[0].data.params
-            client.update_run(parent, status="RUNNING")
+            self.parent_status, self.parent_metrics = parents[0].info.status, len(parents[0].data.metrics)
+            if self.live:
+                client.update_run(parent, status="RUNNING")
         else:
             run = client.create_run(exp_id, run_name=self.experiment,
                                     tags={ROLE_TAG: SWEEP_ROLE, "basin.sweep": self.experiment})
             parent, have = run.info.run_id, {}
+            self.parent_status = "RUNNING"
+        if self.live or not parents:
+            self._describe_parent(client, exp_id, parent, have)
+        self._find_runs(client, exp_id, parent)
+        self.experiment_id, self.parent_id = exp_id, parent
+
+    def _describe_parent(self, client: Any, exp_id: str, parent: str, have: dict[str, str]) -> None:
+        """The experiment's views, the parent run's sweep file, params and tags."""
+        from mlflow.entities import Param, RunTag
+
         try:  # what the UI opens with (see orchestrator/ui.py); the runs do not depend on it
             for k, v in self.experiment_tags.items():
                 client.set_experiment_tag(exp_id, k, fill_ids(v, exp_id, parent))
@@ -291,23 +340,32 @@ class Mirror:
         tag_list = [RunTag(k, v) for k, v in tags.items()]
         for i in range(0, max(len(params), len(tag_list)), MAX_PARAMS):
             client.log_batch(parent, params=params[i:i + MAX_PARAMS], tags=tag_list[i:i + MAX_TAGS])
+
+    def _find_runs(self, client: Any, exp_id: str, parent: str) -> None:
+        """Child runs of earlier runs of this sweep, read in pages of 1000 (one query per page, never one per
+        trial): a trial continues its own run, and orchestrator/sync.py sees what each one holds."""
         token = None
-        while True:  # child runs of earlier runs of this sweep: a trial continues its own run
+        while True:
             page = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1000,
                                       order_by=["attributes.start_time ASC"], page_token=token)
             for r in page:
                 key = r.data.tags.get("basin.trial_key")
-                if key and key not in self.run_ids:
-                    self.run_ids[key] = r.info.run_id
-                    self._found.add(key)
-                    if r.info.status != "RUNNING":
-                        self._terminated.add(key)
-                    done = int(r.data.tags.get("basin.epochs_logged", 0))  # every epoch 1..done is logged
-                    self.logged.setdefault(key, set()).update(range(1, done + 1))
+                if not key:
+                    continue
+                if key in self.run_ids:
+                    self.duplicates.append(r.info.run_id)
+                    continue
+                self.run_ids[key] = r.info.run_id
+                self._found.add(key)
+                if r.info.status != "RUNNING":
+                    self._terminated.add(key)
+                done = int(r.data.tags.get("basin.epochs_logged", 0))  # every epoch 1..done is logged
+                self.logged.setdefault(key, set()).update(range(1, done + 1))
+                self.found[key] = FoundRun(r.info.run_id, r.info.status, done, r.data.tags.get("basin.status", ""),
+                                           len(r.data.metrics), len(r.data.params))
             token = page.token
             if not token:
                 break
-        self.experiment_id, self.parent_id = exp_id, parent
 
     def _flush_run(self, key: str, buf: _RunBuffer) -> bool:
         """Send one run's buffer in as few calls as MLflow allows (a new trial that already finished: create,
@@ -330,7 +388,7 @@ class Mirror:
                                            start_time=start).info.run_id
                 self.run_ids[key] = run_id
                 buf.tags = {}
-            elif key in self._found:
+            elif key in self._found and not buf.params_again:
                 buf.params = {}  # a run found again has its params (they cannot change)
         if buf.status == "RUNNING":
             if key in self._terminated:  # a run ended earlier (an earlier sweep run) is continued
@@ -358,6 +416,8 @@ class Mirror:
         tags = [RunTag(k, v) for k, v in buf.tags.items()]
         while params or tags or buf.metrics:
             p, t = params[:MAX_PARAMS], tags[:MAX_TAGS]
+            if len(buf.metrics) > MAX_METRICS - len(p) - len(t):
+                t = []  # tags (basin.epochs_logged, basin.status) go with the last metrics, never ahead of them
             n = MAX_METRICS - len(p) - len(t)  # at most 1000 entities in one call
             chunk = buf.metrics[:n]
             client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v, ts, step, _ in chunk], params=p,

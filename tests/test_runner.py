@@ -10,6 +10,7 @@ import glob
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -46,6 +47,13 @@ def runs_by_key(uri: str, experiment: str) -> dict[str, list]:
     for r in client.search_runs([exp.experiment_id], "tags.`basin.role` = 'trial'", max_results=1000):
         out.setdefault(r.data.tags["basin.trial_key"], []).append(r)
     return out
+
+
+def parent_run(uri: str, experiment: str):
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    (run,) = client.search_runs([exp.experiment_id], "tags.`basin.role` = 'sweep'")
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -178,8 +186,12 @@ def test_unreachable_tracking_server_does_not_fail_the_sweep(ray_local, tmp_path
 
 
 def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_local, tmp_path):
-    """`basin run` in its own process group (its own local Ray) is killed once two trials are done and a
-    third has a checkpoint; the resumed run skips the finished ones and continues the third."""
+    """`basin run` (its own local Ray) has its driver SIGKILLed, by pid alone, once two trials are done and a
+    third has a checkpoint: every process of its Ray ends with it; the resumed run skips the finished trials,
+    continues the third, and heals MLflow (a trial that finished just before the kill may have no run yet,
+    the interrupted one's is left RUNNING and short of epochs): one complete run per trial."""
+    import psutil
+
     path = sweep_file(tmp_path, "killed", "axes:\n  seed: [0, 1, 2, 3, 4]\nmax_concurrent: 1\n",
                       {"shape": "line", "epochs": 25})
     sweep = load_sweep(path)
@@ -190,7 +202,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_local, tmp_p
                                 start_new_session=True)
         try:
             deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline:  # the files stay once written: this waits on files
                 done = {Path(p).name.split("-")[0] for p in glob.glob(f"{folder}/trials/*.parquet")}
                 ckpt = {Path(p).stem for p in glob.glob(f"{folder}/checkpoints/*.pt")}
                 if len(done) >= 2 and ckpt - done:
@@ -199,8 +211,16 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_local, tmp_p
                 time.sleep(0.02)
             else:
                 pytest.fail("the sweep did not get far enough:\n" + (tmp_path / "run.log").read_text())
+            ray_procs = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                         if "reaper.py" not in " ".join(p.cmdline())]
+            names = {p.name() for p in ray_procs}
+            assert {"raylet", "gcs_server", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= names, names
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+            _, alive = psutil.wait_procs(ray_procs, timeout=60)  # the watchdog ends them within ~7 s
+            assert not alive, [p.name() for p in alive]
         finally:
-            end_group(proc, grace=0)  # TERM, then KILL at once: the whole group, its Ray included
+            end_group(proc, grace=0)  # whatever is left of the group (nothing, when the above passed)
     done = {Path(p).name.split("-")[0] for p in glob.glob(f"{folder}/trials/*.parquet")}
     files = {p: Path(p).read_bytes() for p in glob.glob(f"{folder}/trials/*.parquet")}
     store = Store(folder)
@@ -209,7 +229,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_local, tmp_p
     assert 2 <= len(done) < 5 and len(interrupted) == 1
 
     summary = run_sweep(load_sweep(path), resume=True, every=1, report=False)
-    assert summary.ok and summary.skipped == len(done) and summary.ran == 5 - len(done)
+    assert summary.ok and summary.skipped == len(done) and summary.ran == 5 - len(done) and not summary.mlflow_gap
     for key in done:  # finished trials did not run again
         assert store.attempts(key) == markers[key]
     for p, data in files.items():
@@ -221,4 +241,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_local, tmp_p
     assert resumed["attempt"] == 1 and resumed["checkpoint"] == "results" and resumed["resumed_from_epoch"] >= 1
     ep = load(folder).epochs
     assert list(ep[ep.trial_key == key].epoch) == list(range(1, 26))
+    # MLflow healed: one FINISHED run per trial with every epoch and its test metrics, the parent FINISHED
     assert sorted(len(v) for v in runs_by_key(sweep.mlflow, sweep.name).values()) == [1] * 5
+    assert_mirror_matches_parquet(sweep.mlflow, sweep)
+    assert parent_run(sweep.mlflow, sweep.name).info.status == "FINISHED"
