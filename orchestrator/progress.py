@@ -183,11 +183,14 @@ class SweepCallback(tune.Callback):
                 self.mirror.status(t["key"], "FAILED")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        self._running = sum(1 for t in trials if t.status == "RUNNING")
         now = time.monotonic()
-        if now - self._last >= self.every:
+        if now - self._last >= self.every:  # Tune steps many times a second: count trials only when printing
             self._last = now
+            self._running = sum(1 for t in trials if t.status == "RUNNING")
             self.say(self.line())
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._running = 0
 
     # -- text --------------------------------------------------------------------------------------------------
     def line(self) -> str:

@@ -495,6 +495,7 @@ def _fit(sweep: Sweep, pending: list[Trial], mirror: Mirror | None, every: float
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
+    from orchestrator.feeder import Feeder
     from orchestrator.progress import SweepCallback
     from orchestrator.ui import GROUP_TAG
 
@@ -503,10 +504,12 @@ def _fit(sweep: Sweep, pending: list[Trial], mirror: Mirror | None, every: float
     ctx = TrialContext(sweep=sweep.name, results=sweep.dir, threads=max(1, int(sweep.cpus)))
     resources = {"cpu": sweep.cpus, "gpu": sweep.gpus, **({"memory": sweep.memory * 2 ** 30} if sweep.memory else {})}
     trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), resources)
+    params = [packing.unit_param(u) for u in packing.units(pending, pack)]
     tuner = tune.Tuner(
         trainable,
-        param_space={"trial": tune.grid_search([packing.unit_param(u) for u in packing.units(pending, pack)])},
         tune_config=tune.TuneConfig(
+            search_alg=Feeder(params),
+            num_samples=len(params),
             max_concurrent_trials=sweep.max_concurrent or None,
             scheduler=FIFOScheduler(),  # no early stopping: it would bias seed statistics
             reuse_actors=True,
