@@ -27,6 +27,24 @@ def one_line(text: str, limit: int = 300) -> str:
     return (lines[-1] if lines else "")[:limit]
 
 
+STORAGE_ERROR = "storage_error"  # runner.STORAGE_ERROR: a trial found the results folder full or read-only
+
+
+class StorageStop(tune.Stopper):
+    """Stops the whole sweep at the first trial that reports a full or read-only results folder: every other
+    trial would fail alike, and each retry would leave more behind."""
+
+    def __init__(self) -> None:
+        self.hit = False
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        self.hit = self.hit or result.get("kind") == STORAGE_ERROR
+        return self.hit
+
+    def stop_all(self) -> bool:
+        return self.hit
+
+
 class SweepCallback(tune.Callback):
     """Counts trials, prints `[name] 12/48 done, 2 running, 0 failed, ETA 3m10s` every `every` seconds,
     and mirrors each trial into MLflow."""
@@ -39,6 +57,7 @@ class SweepCallback(tune.Callback):
         self.skipped = skipped
         self.done: set[str] = set()
         self.failed: dict[str, str] = {}       # trial key -> one-line error of its last attempt
+        self.stopped = ""                      # the line of the storage fault that stopped the sweep
         self.retried = 0
         self.attempt: dict[str, int] = {}      # trial key -> attempt seen in its latest results
         self.resumed: dict[str, int] = {}
@@ -74,6 +93,14 @@ class SweepCallback(tune.Callback):
             if self.mirror:
                 self.mirror.tags(key, {"basin.attempt": attempt,
                                        "basin.resumed_from_epoch": result.get("resumed_from_epoch", 0)})
+        if kind == STORAGE_ERROR:
+            if not self.stopped:
+                self.stopped = result.get("error") or "results: cannot write"
+                self.say(f"[{self.name}] {self.stopped}; stopping the sweep")
+            self.failed[key] = self.stopped
+            if self.mirror:
+                self.mirror.tags(key, {"basin.last_error": self.stopped})
+            return
         if kind == "final":
             self.timings["trial_s"] += float(result.get("seconds") or 0.0)
             for k, v in (result.get("io") or {}).items():
@@ -94,6 +121,10 @@ class SweepCallback(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         key = self._trial(trial)["key"]
+        if key in self.failed and self.failed[key] == self.stopped:  # it ended by reporting the fault
+            if self.mirror:
+                self.mirror.status(key, "FAILED")
+            return
         self.done.add(key)
         self.failed.pop(key, None)
         if self.mirror:

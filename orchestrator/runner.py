@@ -28,18 +28,35 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.cli import UserError
-from orchestrator.store import Store
+from orchestrator.store import Store, storage_fault, storage_line
 from orchestrator.sweep import Sweep, Trial, describe, is_uri, load_sweep
 from orchestrator.tracking import Mirror, eval_metrics, probe_metrics, summary_metrics
 from trainers.config import TrialConfig
+from trainers.folder import unreadable
+from trainers.schema import TABLES
 
 POINTER_FILE = "basin_checkpoint.json"
+STORAGE_ERROR = "storage_error"  # the report kind of a trial that found the results folder full or read-only
+# (progress.STORAGE_ERROR; the driver stops the sweep on it)
+RECORD_BYTES = 4096  # a run record's size on disk: its final version fits in place on a full disk
 REPORT_EVERY_S = 2.0   # epoch rows are reported to Tune (and MLflow) at least this often, and at checkpoints
 # Tune's own loggers write a JSON/CSV line per result per trial; Parquet and MLflow cover that.
 TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0",
             "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 # Loggers whose messages are noise here: no per-trial result files on purpose, checkpoint notices.
 QUIET_LOGGERS = ("ray.tune.analysis.experiment_analysis", "ray.train._internal.storage")
+EXPERIMENT_STATE_LOGGER = "ray.tune.execution.experiment_state"
+
+
+class _OneLine(logging.Filter):
+    """Tune logs a failed experiment-state save with a traceback; the sweep's own line says why (a full or
+    read-only folder), so this keeps Tune's message to one line with the error at its end."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg, record.args = f"{record.getMessage()}{record.exc_info[1]}", ()
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 def say(msg: str) -> None:
@@ -177,21 +194,31 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         resume = store.load_checkpoint(key)
         source = source or ("results" if resume is not None else "")
     except Exception as e:  # unreadable: start over rather than fail the trial
-        print(f"basin: {name}: ignoring an unreadable checkpoint ({e})", file=sys.stderr)
+        line = unreadable(store.path(f"checkpoints/{key}.pt"), "checkpoint", e)
+        print(f"basin: warning: {line}; {name} starts over", file=sys.stderr)
     resumed_from = int(resume["epoch"]) if resume else 0
     started = time.time()
-    attempt = store.claim_attempt(key, {"started_at": started, "host": socket.gethostname(), "pid": os.getpid(),
-                                        "resumed_from_epoch": resumed_from, "checkpoint": source,
-                                        "tune_trial_id": tune.get_context().get_trial_id()})
-    extra = cfg.extra or {}
-    sink = TuneSink(store, ctx.sweep, key, name, attempt, resumed_from, cfg.epochs,
-                    fail_at=int(extra.get("basin_fail_at_epoch", 0)), fail_attempts=extra.get("basin_fail_attempts"),
-                    started=started)
+    attempt, sink = None, None
     try:
+        attempt = store.claim_attempt(key, {"started_at": started, "host": socket.gethostname(), "pid": os.getpid(),
+                                            "resumed_from_epoch": resumed_from, "checkpoint": source,
+                                            "tune_trial_id": tune.get_context().get_trial_id()})
+        extra = cfg.extra or {}
+        sink = TuneSink(store, ctx.sweep, key, name, attempt, resumed_from, cfg.epochs,
+                        fail_at=int(extra.get("basin_fail_at_epoch", 0)),
+                        fail_attempts=extra.get("basin_fail_attempts"), started=started)
         run_trial(cfg, sink=sink, resume=resume)
     except Exception as e:
-        if sink.written:  # its rows are on disk: the trial is done, whatever failed after that
+        if sink is not None and sink.written:  # its rows are on disk: the trial is done, whatever failed after that
             print(f"basin: {name}: error after its results were written ({e})", file=sys.stderr)
+            return
+        fault = storage_fault(e)
+        if fault is not None:
+            # The folder takes no more writes (full, read-only): this attempt recorded nothing, so it leaves
+            # nothing behind, and the driver stops the sweep on this report (no retries that fail alike).
+            if attempt is not None:
+                store.discard_attempt(key, attempt)
+            tune.report({"kind": STORAGE_ERROR, "error": storage_line(ctx.results, fault)})
             return
         now = time.time()
         row = trial_row(cfg.to_dict(), name=name, status="failed", error=f"{type(e).__name__}: {e}"[:2000],
@@ -225,6 +252,7 @@ class Summary:
     mlflow_gap: str = ""
     report: str = ""                       # the report's index.html ("" when none was made)
     report_mlflow: bool = False            # ... and whether it is attached to the parent MLflow run
+    stopped: str = ""                      # why the sweep stopped early (a full or read-only results folder)
     # seconds summed over this run's completed trials: training (trial rows' `seconds`), Parquet writes,
     # checkpoints, Tune reports; and the driver's MLflow thread busy time
     timings: dict[str, float] = field(default_factory=dict)
@@ -320,17 +348,24 @@ def pandas_snippet(folder: str) -> list[str]:
 
 
 def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, num_cpus: int | None = None,
-              every: float = 5.0, dry_run: bool = False, report: bool = True) -> Summary:
+              every: float = 5.0, dry_run: bool = False, report: bool = True, strict: bool = False) -> Summary:
     """Run (or continue) a sweep; returns what happened. Raises UserError before starting anything when
     the sweep cannot run. With `report`, the sweep's report (analysis.build_report) is written to
-    <sweep folder>/report/ at the end and attached to its parent MLflow run."""
-    store = Store(sweep.dir)
+    <sweep folder>/report/ at the end and attached to its parent MLflow run. An unreadable results file is
+    named and left out (a trial whose trials row it held runs again), an unreadable checkpoint is named and
+    set aside (its trial starts over); `strict` refuses either instead (trainers.folder.UnreadableFile).
+    A full or read-only results folder stops the sweep (Summary.stopped), its run record closed."""
+    store = Store(sweep.dir, strict=strict)
     trials = sweep.trials
     if resume and not store.exists("sweep.yaml"):
         raise UserError(f"{sweep.path}: nothing to resume: no earlier run of {sweep.name!r} in {sweep.dir}")
+    if strict:
+        for table in TABLES:
+            store.verify(table)
     status = store.trial_status()
     done = {t.key for t in trials if status.get(t.key, {}).get("status") == "completed"}
     pending = [t for t in trials if t.key not in done]
+    check_checkpoints(sweep, store, pending, strict, dry_run)
     if dry_run:
         say(describe(sweep))
         say(f"  {len(done)} already completed, {len(pending)} to run")
@@ -339,9 +374,10 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
         store.check_writable()
         if sweep.mlflow.startswith("sqlite:///"):
             os.makedirs(os.path.dirname(sweep.mlflow[len("sqlite:///"):]), exist_ok=True)
+        store.clean_partial()  # what an earlier run cut short (temp files, empty attempt markers)
+        store.write_bytes("sweep.yaml", sweep.text.encode())
     except OSError as e:
-        raise UserError(f"{sweep.path}: results: cannot write to {sweep.dir} ({e.strerror or e})") from None
-    store.write_bytes("sweep.yaml", sweep.text.encode())
+        raise UserError(f"{sweep.path}: {storage_line(sweep.dir, e)}") from None
     say(f"[{sweep.name}] {len(trials)} trials: {len(done)} completed earlier, {len(pending)} to run "
         f"({sweep.cpus:g} CPU, {sweep.gpus:g} GPU each)")
     if not pending:
@@ -352,6 +388,7 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
         os.environ.setdefault(k, v)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger(EXPERIMENT_STATE_LOGGER).addFilter(_OneLine())
     t0 = time.monotonic()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     record = {"state": "running", "started_at": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
@@ -376,10 +413,18 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
         started_ray = start_ray(address, num_cpus)
         check_resources(sweep, local=not address)
         callback, grid = _fit_stages(sweep, pending, mirror, every, len(done), store)
-    except BaseException:
+    except BaseException as e:
         if mirror is not None:  # what reached the mirror still goes to MLflow
             mirror.close("KILLED", timeout=10)
-        raise
+        fault = storage_fault(e)
+        if fault is None:
+            raise
+        # Tune's own writes (its storage folder) hit the fault: the same one line, the run record closed.
+        line = storage_line(sweep.dir, fault)
+        store.clean_partial()
+        _record_run(store, stamp, {**record, "state": "finished", "ok": False, "stopped": line,
+                                    "finished_at": time.time()})
+        raise UserError(f"{line}; the sweep stopped: free space (or fix permissions) and run it again") from None
     finally:
         if started_ray:
             import ray
@@ -395,8 +440,10 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
         if r.error is not None and key and by_key.get(key) not in failed and key not in done:
             failed[by_key[key]] = str(r.error).strip().splitlines()[-1][:300]
     summary = Summary(sweep.name, len(trials), completed, skipped=len(done), ran=len(pending), failed=failed,
-                      seconds=seconds, timings=dict(callback.timings))
-    local_report = build_report(sweep, store) if report and completed else None
+                      seconds=seconds, timings=dict(callback.timings), stopped=callback.stopped)
+    if summary.stopped:
+        store.clean_partial()
+    local_report = build_report(sweep, store) if report and completed and not summary.stopped else None
     if mirror is not None:
         gap = mirror.close("FINISHED" if summary.ok else "FAILED",
                            {"completed": completed, "failed": len(failed), "total": len(trials)},
@@ -415,11 +462,25 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
     return summary
 
 
+def check_checkpoints(sweep: Sweep, store: Store, pending: list[Trial], strict: bool, dry_run: bool) -> None:
+    """Name each pending trial's unreadable checkpoint in one line and set it aside, so the trial starts over
+    (strict: refuse). Only the zip directory is read: cheap, and a file truncated by a full disk fails it."""
+    for t in pending:
+        line = store.unreadable_checkpoint(t.key)
+        if line is None:
+            continue
+        if strict:
+            raise UserError(line)
+        say(f"[{sweep.name}] warning: {line}; {t.name} starts over")
+        if not dry_run:
+            store.set_aside_checkpoint(t.key)
+
+
 def _fit(sweep: Sweep, pending: list[Trial], mirror: Mirror | None, every: float, skipped: int) -> tuple[Any, Any]:
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
-    from orchestrator.progress import SweepCallback
+    from orchestrator.progress import StorageStop, SweepCallback
     from orchestrator.ui import GROUP_TAG
 
     runs = {t.key: (t.title, {GROUP_TAG: t.group, **dict(t.axes)}) for t in pending}
@@ -443,6 +504,7 @@ def _fit(sweep: Sweep, pending: list[Trial], mirror: Mirror | None, every: float
             failure_config=tune.FailureConfig(max_failures=sweep.retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # pointers: see TuneSink
             callbacks=[callback],
+            stop=StorageStop(),
             verbose=0,
         ),
     )
@@ -502,7 +564,7 @@ def _fit_stages(sweep: Sweep, pending: list[Trial], mirror: Mirror | None, every
     first, second = connect.split(pending)
     stages = [_fit(sweep, first, mirror, every, skipped)] if first else []
     refused: dict[str, str] = {}
-    if second:
+    if second and not (stages and stages[0][0].stopped):
         runnable, refused = connect.ready(second, store)
         for t in second:
             if t.key in refused:
@@ -513,6 +575,7 @@ def _fit_stages(sweep: Sweep, pending: list[Trial], mirror: Mirror | None, every
     callback = stages[-1][0] if stages else SweepCallback(sweep.name, 0, None, say=say)
     for earlier, _ in stages[:-1]:
         callback.failed.update(earlier.failed)
+        callback.stopped = callback.stopped or earlier.stopped
         for k, v in earlier.timings.items():
             callback.timings[k] = callback.timings.get(k, 0.0) + v
     callback.failed.update(refused)
@@ -521,11 +584,22 @@ def _fit_stages(sweep: Sweep, pending: list[Trial], mirror: Mirror | None, every
 
 def _record_run(store: Store, stamp: str, record: dict[str, Any]) -> None:
     """runs/<stamp>.json: written when a run starts (state running, pid) and when it ends (its summary);
-    `basin status` tells a live run from an interrupted one by it."""
+    `basin status` tells a live run from an interrupted one by it. Padded with spaces to RECORD_BYTES (JSON
+    allows them), so when the folder is full by the end, the final record still overwrites the first in
+    place: blocks already held need no new space."""
+    rel = f"runs/{stamp}-{os.getpid()}.json"
+    data = json.dumps(record, indent=1, default=str).encode()
+    data += b" " * max(0, RECORD_BYTES - len(data))
     try:
-        store.write_bytes(f"runs/{stamp}-{os.getpid()}.json", json.dumps(record, indent=1).encode())
+        store.write_bytes(rel, data)
     except OSError as e:
-        say(f"[{store.root}] warning: could not record this run ({e})")
+        try:
+            if not store.local or len(data) > RECORD_BYTES or not store.exists(rel):
+                raise e
+            with open(store.path(rel), "r+b") as f:
+                f.write(data)
+        except OSError:
+            say(f"[{store.root}] warning: could not record this run ({e})")
 
 
 def _report(sweep: Sweep, s: Summary) -> None:
@@ -538,8 +612,11 @@ def _report(sweep: Sweep, s: Summary) -> None:
         say(f"  ... and {len(s.failed) - 20} more (see the trials table, status == 'failed')")
     if s.mlflow_gap:
         say(f"[{sweep.name}] warning: {s.mlflow_gap}")
+    if s.stopped:
+        say(f"[{sweep.name}] stopped early: {s.stopped}: free space (or fix permissions) and run it again; "
+            "completed trials are kept")
     say(where_text(sweep, s.report, s.report_mlflow))
-    if s.failed:
+    if s.failed and not s.stopped:
         say(f"  re-run `basin run {sweep.path}` to retry the failed trials (completed ones are kept)")
 
 
@@ -554,6 +631,8 @@ def add_run_args(p: Any) -> None:
     p.add_argument("--mlflow", help="MLflow tracking URI (overrides the file's `mlflow`; 'false' = off)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     p.add_argument("--every", type=float, default=5.0, metavar="S", help="seconds between progress lines")
+    p.add_argument("--strict", action="store_true", help="refuse to start when a results file or checkpoint cannot "
+                   "be read (default: name it in one line; a trial without a readable row or checkpoint starts over)")
     p.add_argument("--no-report", action="store_true",
                    help="skip the report at the end (<results>/<name>/report/, attached to the MLflow parent run)")
 
@@ -562,5 +641,6 @@ def cmd_run(args: Any) -> int:
     mlflow = False if args.mlflow in ("false", "off", "none") else args.mlflow
     sweep = load_sweep(args.sweep, results=args.results, mlflow=mlflow)
     summary = run_sweep(sweep, address=args.address, resume=args.resume, num_cpus=args.num_cpus,
-                        every=args.every, dry_run=args.dry_run, report=not args.no_report)
+                        every=args.every, dry_run=args.dry_run, report=not args.no_report,
+                        strict=args.strict)
     return 0 if summary.ok or args.dry_run else 1
