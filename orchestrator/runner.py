@@ -348,13 +348,15 @@ def pandas_snippet(folder: str) -> list[str]:
 
 
 def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, num_cpus: int | None = None,
-              every: float = 5.0, dry_run: bool = False, report: bool = True, strict: bool = False) -> Summary:
+              every: float = 5.0, dry_run: bool = False, report: bool = True, strict: bool = False,
+              compact: bool = True) -> Summary:
     """Run (or continue) a sweep; returns what happened. Raises UserError before starting anything when
     the sweep cannot run. With `report`, the sweep's report (analysis.build_report) is written to
     <sweep folder>/report/ at the end and attached to its parent MLflow run. An unreadable results file is
     named and left out (a trial whose trials row it held runs again), an unreadable checkpoint is named and
     set aside (its trial starts over); `strict` refuses either instead (trainers.folder.UnreadableFile).
-    A full or read-only results folder stops the sweep (Summary.stopped), its run record closed."""
+    A full or read-only results folder stops the sweep (Summary.stopped), its run record closed. With
+    `compact`, the per-trial Parquet files this run wrote are merged at the end (one file per table)."""
     store = Store(sweep.dir, strict=strict)
     trials = sweep.trials
     if resume and not store.exists("sweep.yaml"):
@@ -443,6 +445,8 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
                       seconds=seconds, timings=dict(callback.timings), stopped=callback.stopped)
     if summary.stopped:
         store.clean_partial()
+    elif compact:
+        compact_results(sweep, store)
     local_report = build_report(sweep, store) if report and completed and not summary.stopped else None
     if mirror is not None:
         gap = mirror.close("FINISHED" if summary.ok else "FAILED",
@@ -511,6 +515,24 @@ def _fit(sweep: Sweep, pending: list[Trial], mirror: Mirror | None, every: float
     grid = tuner.fit()
     say(callback.line())
     return callback, grid
+
+
+def compact_results(sweep: Sweep, store: Store) -> None:
+    """Merge the per-trial files of the run into one file per table (orchestrator.status.compact_run): 10,000
+    small files take readers seconds, one file milliseconds. A failure leaves the per-trial files as they
+    were (readers take either), with a warning."""
+    from orchestrator.status import compact_run
+
+    t0 = time.monotonic()
+    try:
+        merged = compact_run(store)
+    except Exception as e:  # never fails a finished run: the per-trial files serve readers as well
+        say(f"[{sweep.name}] warning: results not merged ({type(e).__name__}: {e}); `basin compact {sweep.dir}` "
+            "tries again")
+        return
+    if merged:
+        files = sum(n for n, _ in merged.values())
+        say(f"[{sweep.name}] merged {files} per-trial files into {len(merged)} in {time.monotonic() - t0:.1f}s")
 
 
 def sweep_params(sweep: Sweep) -> dict[str, Any]:
@@ -633,6 +655,8 @@ def add_run_args(p: Any) -> None:
     p.add_argument("--every", type=float, default=5.0, metavar="S", help="seconds between progress lines")
     p.add_argument("--strict", action="store_true", help="refuse to start when a results file or checkpoint cannot "
                    "be read (default: name it in one line; a trial without a readable row or checkpoint starts over)")
+    p.add_argument("--no-compact", action="store_true", help="keep one Parquet file per trial and table (default: "
+                   "merge this run's into one per table at the end, as `basin compact` does)")
     p.add_argument("--no-report", action="store_true",
                    help="skip the report at the end (<results>/<name>/report/, attached to the MLflow parent run)")
 
@@ -642,5 +666,5 @@ def cmd_run(args: Any) -> int:
     sweep = load_sweep(args.sweep, results=args.results, mlflow=mlflow)
     summary = run_sweep(sweep, address=args.address, resume=args.resume, num_cpus=args.num_cpus,
                         every=args.every, dry_run=args.dry_run, report=not args.no_report,
-                        strict=args.strict)
+                        strict=args.strict, compact=not args.no_compact)
     return 0 if summary.ok or args.dry_run else 1

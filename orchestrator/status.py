@@ -27,6 +27,7 @@ from trainers.folder import PARQUET_FORMAT
 from trainers.schema import SCHEMAS, TABLES
 
 COMPACT_ROW_GROUP_BYTES = 128 << 20
+COMPACT_PREFIX = "compact-"
 
 
 def _children(root: str) -> list[str]:
@@ -174,16 +175,17 @@ def add_compact_args(p: Any) -> None:
                    "(default: name it in one line, merge the others and leave it where it is)")
 
 
-def compact_table(folder: str | Store, table: str) -> tuple[int, int]:
-    """Merge a table's files into one, written atomically (trainers.folder), then delete the inputs. A crash in
-    between leaves duplicates, which readers drop. A file that cannot be read is named (or refused, strict),
-    never merged and never deleted; if one turns out bad while merging, nothing is written and the merge
-    starts again without it."""
+def compact_table(folder: str | Store, table: str, trial_files_only: bool = False) -> tuple[int, int]:
+    """Merge a table's files (or only its per-trial files, not earlier merges) into one, written atomically
+    (trainers.folder), then delete the inputs. A crash in between leaves duplicates, which readers drop. A file
+    that cannot be read is named (or refused, strict), never merged and never deleted; if one turns out bad
+    while merging, nothing is written and the merge starts again without it."""
     store = folder if isinstance(folder, Store) else Store(folder)
-    files = [f for f in store.files(table) if f not in store.skipped]
+    files = [f for f in store.files(table) if f not in store.skipped
+             and not (trial_files_only and f.rpartition("/")[2].startswith(COMPACT_PREFIX))]
     if len(files) <= 1:
         return len(files), 0
-    name = f"compact-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
+    name = f"{COMPACT_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
     try:
         rows = _merge(store, table, files, f"{table}/{name}")
     except (pa.ArrowException, OSError):  # some input is bad (open_atomic removed the partial output)
@@ -215,6 +217,17 @@ def _merge(store: Store, table: str, files: list[str], rel: str) -> int:
         if batch:
             w.write_table(pa.Table.from_batches(batch, SCHEMAS[table]))
     return rows
+
+
+def compact_run(store: Store) -> dict[str, tuple[int, int]]:
+    """The end of `basin run`: each table's per-trial files merged into one file (per table, per run), so
+    readers open a few files rather than one per trial; {table: (files, rows)} of the tables merged."""
+    out = {}
+    for table in TABLES:
+        n, rows = compact_table(store, table, trial_files_only=True)
+        if rows:
+            out[table] = (n, rows)
+    return out
 
 
 def cmd_compact(args: Any) -> int:
