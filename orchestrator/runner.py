@@ -414,7 +414,8 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
     try:
         started_ray = start_ray(address, num_cpus)
         check_resources(sweep, local=not address)
-        callback, grid = _fit_stages(sweep, pending, mirror, every, len(done), store)
+        with merging(sweep, store, compact):
+            callback, grid = _fit_stages(sweep, pending, mirror, every, len(done), store)
     except BaseException as e:
         if mirror is not None:  # what reached the mirror still goes to MLflow
             mirror.close("KILLED", timeout=10)
@@ -515,6 +516,15 @@ def _fit(sweep: Sweep, pending: list[Trial], mirror: Mirror | None, every: float
     grid = tuner.fit()
     say(callback.line())
     return callback, grid
+
+
+def merging(sweep: Sweep, store: Store, on: bool) -> contextlib.AbstractContextManager:
+    """Per-trial files merged in the background while trials run (orchestrator.status.Merger), when `on`."""
+    if not on:
+        return contextlib.nullcontext()
+    from orchestrator.status import Merger
+
+    return Merger(store, warn=lambda m: say(f"[{sweep.name}] warning: {m}"))
 
 
 def compact_results(sweep: Sweep, store: Store) -> None:

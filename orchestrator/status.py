@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 import uuid
 from typing import Any
@@ -228,6 +229,40 @@ def compact_run(store: Store) -> dict[str, tuple[int, int]]:
         if rows:
             out[table] = (n, rows)
     return out
+
+
+class Merger:
+    """While a run goes on: every `check_s` seconds, once `files` per-trial files of the trials table have
+    piled up, merge them (compact_run), so a reader (basin status, a killed run's re-run, analysis) never
+    opens more than about that many small files. Safe beside writing trials: a merge takes the files it
+    listed, each already whole (written under a temp name, renamed), and deletes only those."""
+
+    def __init__(self, store: Store, warn: Any, files: int = 1000, check_s: float = 30.0):
+        self.store, self.warn, self.files, self.check_s = store, warn, files, check_s
+        self.merged = 0  # per-trial files merged so far
+        self.merged_once = threading.Event()  # set after the first merge (tests wait on it)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="basin-merger", daemon=True)
+
+    def __enter__(self) -> Merger:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.check_s):
+            try:
+                trial_files = [f for f in self.store.files("trials")
+                               if not f.rpartition("/")[2].startswith(COMPACT_PREFIX)]
+                if len(trial_files) >= self.files:
+                    self.merged += sum(n for n, _ in compact_run(self.store).values())
+                    self.merged_once.set()
+            except Exception as e:  # the per-trial files serve readers as well: say so once and stop trying
+                self.warn(f"results not merged during the run ({type(e).__name__}: {e})")
+                return
 
 
 def cmd_compact(args: Any) -> int:
