@@ -126,7 +126,10 @@ class Store(Folder):
         """The markers of trial `key`, in attempt order."""
         out, n = [], 0
         while (data := self.read_bytes(f"attempts/{key}.a{n}.json")) is not None:
-            out.append(json.loads(data or b"{}"))
+            try:
+                out.append(json.loads(data or b"{}"))
+            except ValueError:  # cut short by a full disk: the attempt happened, its details are lost
+                out.append({"attempt": n})
             n += 1
         return out
 
