@@ -186,7 +186,7 @@ def run(root: Path, layout: str, args: argparse.Namespace, base: dict[str, float
           f"{len(files)} files, {size:.0f} MiB, written in {time.perf_counter() - t:.1f} s")
     read = readers(root)
     read = {k: min(v, readers(root)[k]) for k, v in read.items()}  # best of 2
-    ratio = {k: f" ({v / base[k]:.2f}x the {base['layout']} layout)" if base else "" for k, v in read.items()}
+    ratio = {k: f" ({v / base[k]:.3g}x the {base['layout']} layout)" if base else "" for k, v in read.items()}
     print(f"  basin status: {read['status']:6.2f} s{ratio['status']}   analysis.load().trials: "
           f"{read['load.trials']:6.2f} s{ratio['load.trials']}")
 

