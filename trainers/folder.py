@@ -220,7 +220,7 @@ class Folder:
             except (pa.ArrowException, OSError):
                 break  # some file is bad: find it below
 
-        def one(f: str) -> pa.Table | None:
+        def one(f: str) -> pa.Table | BaseException:
             try:
                 return self._scan(table, [f], columns, keep)
             except (pa.ArrowException, OSError) as e:
