@@ -1,7 +1,9 @@
 """Read a results folder (local path or a pyarrow-filesystem URI such as s3://bucket/prefix) into pandas.
 
 Only the latest completed attempt of each trial is kept (or the latest attempt, if none completed), and
-rows repeated by an interrupted compaction are dropped, so every number is counted once.
+rows repeated by an interrupted compaction are dropped, so every number is counted once. A file that cannot
+be read is named in one warning line and left out (`Results.skipped` lists those lines); `strict=True`
+raises trainers.folder.UnreadableFile with that line instead.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from functools import cached_property
 
 import pandas as pd
 
-from trainers.folder import read_arrow
+from trainers.folder import Folder, read_arrow
 from trainers.schema import FINAL_STATUSES
+
+__all__ = ["ID", "NATURAL_KEYS", "Results", "chosen_attempts", "load", "read_arrow"]
 
 # What identifies a row within one attempt of one trial.
 NATURAL_KEYS = {
@@ -37,19 +41,25 @@ def chosen_attempts(trials: pd.DataFrame) -> pd.DataFrame:
 class Results:
     """The tables of a results folder as DataFrames; large tables load on first use."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, strict: bool = False):
         self.root = str(root)
+        self.folder = Folder(self.root, strict=strict)
+
+    @property
+    def skipped(self) -> list[str]:
+        """One line per unreadable file left out of what was read so far (path and error)."""
+        return list(self.folder.skipped.values())
 
     @cached_property
     def trials(self) -> pd.DataFrame:
-        return chosen_attempts(read_arrow(self.root, "trials").to_pandas())
+        return chosen_attempts(self.folder.read_arrow("trials").to_pandas())
 
     def table(self, name: str, columns: list[str] | None = None) -> pd.DataFrame:
         """Rows of `name` that belong to the chosen attempt of each trial."""
         if name == "trials":
             return self.trials
         cols = None if columns is None else list(dict.fromkeys(ID + NATURAL_KEYS[name] + columns))
-        df = read_arrow(self.root, name, cols).to_pandas()
+        df = self.folder.read_arrow(name, cols).to_pandas()
         df = df.merge(self.trials[ID], on=ID, how="inner")
         return df.drop_duplicates(ID + NATURAL_KEYS[name], keep="last").reset_index(drop=True)
 
@@ -74,6 +84,7 @@ class Results:
         return self.table("probes")
 
 
-def load(results: str) -> Results:
-    """`analysis.load("results/quickstart").evals` and so on, as pandas DataFrames."""
-    return Results(results)
+def load(results: str, strict: bool = False) -> Results:
+    """`analysis.load("results/quickstart").evals` and so on, as pandas DataFrames; `strict`: refuse an
+    unreadable file (UnreadableFile) rather than leave it out."""
+    return Results(results, strict=strict)

@@ -3,7 +3,8 @@
 `Results.predictions` converts every `probs` cell into a separate Python-managed array; for ensemble
 curves over thousands of trials we want them as numpy without conversion. `load_probs` reads the
 predictions table in one Arrow scan (filtered by split, point/kind and the chosen trials), keeps the rows
-`analysis.load` would keep (the chosen attempt, last of repeated rows), and hands out zero-copy views of
+`analysis.load` would keep (the chosen attempt, last of repeated rows; unreadable files left out and named, as
+there), and hands out zero-copy views of
 the list cells; `Probs.arrays` stacks the rows one analysis needs into (R, N, C).
 Rows of different test sets (N, C) are told apart by `block`.
 """
@@ -18,13 +19,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 
 from analysis.load import ID, NATURAL_KEYS
 from analysis.trials import as_results, barrier_centres, main_points
-from trainers.folder import filesystem
-from trainers.schema import SCHEMAS
 
 META = ["epoch", "split", "point", "kind", "member_of", "n_classes"]
 # Points whose probabilities a trajectory (per-epoch predictions) may be recorded at, besides main points.
@@ -58,23 +55,6 @@ class Probs:
             return np.zeros((0, n, c), np.float32), np.zeros((0, n), np.int32)
         p = np.stack([self.probs[i] for i in idx]).reshape(len(idx), n, c)
         return p, np.stack([self.labels[i] for i in idx])
-
-
-def _scan(root: str, keep: Callable[[pa.RecordBatch], pa.Array], columns: list[str]) -> pa.Table:
-    """Read `columns` batch by batch, keeping the rows `keep` selects. A batch whose rows are all kept is
-    kept as read (no copy of its probabilities); others are filtered at once, so unwanted rows (an α grid's
-    predictions, say) are not held in memory."""
-    fs, path = filesystem(str(root))
-    folder = f"{path.rstrip('/')}/predictions"
-    schema = SCHEMAS["predictions"]
-    if fs.get_file_info(folder).type != pafs.FileType.Directory:
-        return schema.empty_table().select(columns)
-    dataset = ds.dataset(folder, format="parquet", filesystem=fs, schema=schema)
-    batches = []
-    for batch in dataset.to_batches(columns=columns):
-        mask = keep(batch)
-        batches.append(batch if pc.all(mask).as_py() else batch.filter(mask))
-    return pa.Table.from_batches(batches, schema=pa.schema([schema.field(c) for c in columns]))
 
 
 def _row_views(col: pa.ChunkedArray, dtype: type) -> list[np.ndarray]:
@@ -118,7 +98,7 @@ def load_probs(results: Any, split: str = "test", points: Iterable[str] | None =
             mask = pc.and_(mask, any_of)
         return pc.fill_null(mask, False)
 
-    table = _scan(results.root, wanted, cols)
+    table = results.folder.read_arrow("predictions", cols, keep=wanted)
 
     meta = table.select(ID + META).to_pandas()
     meta["_pos"] = np.arange(len(meta))

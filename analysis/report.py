@@ -64,11 +64,14 @@ def slug(name: str) -> str:
 
 def build_report(results: str | Results, out: str | Path, hue: str | None = None, bins: int | None = None,
                  n_subsets: int = 10, max_points: int = 12, seed: int = 0, sweeps: list[str] | None = None,
-                 sections: list[Section] | None = None, check_layout: bool = False) -> list[SweepReport]:
+                 sections: list[Section] | None = None, check_layout: bool = False,
+                 strict: bool = False) -> list[SweepReport]:
     """Write the report folder and return what it holds. `bins` defaults to the trials' `ece_bins`;
-    `sections` to analysis.sections.SECTIONS; check_layout records plots.layout_problems on each figure."""
+    `sections` to analysis.sections.SECTIONS; check_layout records plots.layout_problems on each figure;
+    strict: refuse an unreadable results file (analysis.load) instead of leaving it out."""
     out = Path(out)
-    sources = [results] if isinstance(results, Results) else [load(f) for f in results_folders(str(results))]
+    sources = [results] if isinstance(results, Results) else \
+        [load(f, strict=strict) for f in results_folders(str(results))]
     reports: list[SweepReport] = []
     used_names: set[str] = set()
     for res in sources:
@@ -98,6 +101,8 @@ def build_report(results: str | Results, out: str | Path, hue: str | None = None
                 ctx.section = section.id
                 section.build(ctx)
             rep.items = ctx.items
+            if res.skipped:
+                rep.summary += f" · {len(res.skipped)} unreadable file(s) left out: {', '.join(res.folder.skipped)}"
             write_html(rep.folder / "index.html", [rep], prefix="")
             reports.append(rep)
     write_html(out / "index.html", reports, prefix=None)

@@ -243,6 +243,7 @@ class View(Results):
 
     def __init__(self, results: Results, trials: pd.DataFrame):
         super().__init__(results.root)
+        self.folder = results.folder  # one list of skipped files
         self.base = results
         self._trials = trials.reset_index(drop=True)
 

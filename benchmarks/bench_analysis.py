@@ -1,8 +1,15 @@
 """Analysis speed: ensemble-size curves and robustness/calibration tables for a synthetic results folder
 (default 1,000 trials x 10,000 test examples x 10 classes, written here as real Parquet), against a
-straightforward pandas groupby implementation measured in the same run. Target: <= 10 s on 2 cores.
+straightforward pandas groupby implementation measured in the same run. Targets on 2 cores: <= 10 s at
+1,000 trials; <= 30 s at 10,000 trials as `basin run` leaves the folder (no manual compact).
 
-    python benchmarks/bench_analysis.py [--trials 1000] [--examples 10000] [--layout compact|per-trial|both]
+    python benchmarks/bench_analysis.py [--trials 1000] [--examples 10000] [--layout compact,per-trial,run]
+    python benchmarks/bench_analysis.py --trials 10000 --layout per-trial,run --no-naive   # the 10k case
+
+Layouts: `compact` = a few large files (as after `basin compact`); `per-trial` = one file per trial and table
+(as trials write them; a run still going, or killed); `run` = the per-trial folder after the merge that
+`basin run` does at its end (orchestrator.status.compact_run, timed here too). Each layout also times
+`basin status` (its reader) and `analysis.load(...).trials`, with ratios to the first layout measured.
 
 The synthetic sweep: 4 shapes x BatchNorm on/off x 5 label-noise rates = 40 groups x 25 seeds; every trial
 has its main point's test probabilities (one predictions row) and a few evals rows. Both implementations
@@ -144,14 +151,44 @@ def naive(root: Path, n_subsets: int, max_points: int) -> tuple[pd.DataFrame, pd
     return curves, robust, calib
 
 
-def run(root: Path, args: argparse.Namespace) -> None:
+def readers(root: Path) -> dict[str, float]:
+    """Seconds for `basin status`'s reading (orchestrator.status.sweep_status) and for analysis.load's trials."""
+    from orchestrator.status import sweep_status
+
     t = time.perf_counter()
-    if not (root / "trials").exists():
-        write_folder(root, args.trials, args.examples, args.classes, root.parent.name)
+    status = sweep_status(str(root))
+    out = {"status": time.perf_counter() - t}
+    t = time.perf_counter()
+    trials = load(str(root)).trials
+    out["load.trials"] = time.perf_counter() - t
+    assert status["completed"] == len(trials), (status, len(trials))
+    return out
+
+
+def run(root: Path, layout: str, args: argparse.Namespace, base: dict[str, float]) -> None:
+    t = time.perf_counter()
+    if layout == "run":  # the per-trial folder, merged as `basin run` does at its end
+        from orchestrator.status import compact_run
+        from orchestrator.store import Store
+
+        if not (root / "trials").exists():
+            write_folder(root, args.trials, args.examples, args.classes, "per-trial")
+        t = time.perf_counter()
+        merged = compact_run(Store(str(root)))
+        print(f"\n  end-of-run merge: {sum(n for n, _ in merged.values())} files -> {len(merged)} in "
+              f"{time.perf_counter() - t:.1f} s")
+        t = time.perf_counter()
+    elif not (root / "trials").exists():
+        write_folder(root, args.trials, args.examples, args.classes, layout)
     files = list(root.rglob("*.parquet"))
     size = sum(f.stat().st_size for f in files) / 2**20
-    print(f"\n{root.parent.name} layout: {args.trials} trials x {args.examples} examples x {args.classes} classes, "
+    print(f"\n{layout} layout: {args.trials} trials x {args.examples} examples x {args.classes} classes, "
           f"{len(files)} files, {size:.0f} MiB, written in {time.perf_counter() - t:.1f} s")
+    read = readers(root)
+    read = {k: min(v, readers(root)[k]) for k, v in read.items()}  # best of 2
+    ratio = {k: f" ({v / base[k]:.3g}x the {base['layout']} layout)" if base else "" for k, v in read.items()}
+    print(f"  basin status: {read['status']:6.2f} s{ratio['status']}   analysis.load().trials: "
+          f"{read['load.trials']:6.2f} s{ratio['load.trials']}")
 
     # interleaved rounds, best of each: load from other processes falls on both alike
     times: dict[str, list[float]] = {"ours": [], "naive": []}
@@ -159,12 +196,20 @@ def run(root: Path, args: argparse.Namespace) -> None:
         t = time.perf_counter()
         curves, tabs = ours(root, args.subsets, args.max_points)
         times["ours"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        n_curves, n_robust, n_calib = naive(root, args.subsets, args.max_points)
-        times["naive"].append(time.perf_counter() - t)
-    t_ours, t_naive = min(times["ours"]), min(times["naive"])
+        if args.naive:
+            t = time.perf_counter()
+            n_curves, n_robust, n_calib = naive(root, args.subsets, args.max_points)
+            times["naive"].append(time.perf_counter() - t)
+    t_ours = min(times["ours"])
+    read["analysis"] = t_ours
+    target = 10 if args.trials <= 1000 else 30
     print(f"  analysis (read + curves + robustness + calibration tables): {t_ours:6.2f} s "
-          f"({len(curves)} curve points from {int(curves['n'].sum())} ensembles; target <= 10 s)")
+          f"({len(curves)} curve points from {int(curves['n'].sum())} ensembles; target <= {target} s)"
+          + (f"  ({t_ours / base['analysis']:.2f}x the {base['layout']} layout)" if base else ""))
+    base.update({} if base else {**read, "layout": layout})
+    if not args.naive:
+        return
+    t_naive = min(times["naive"])
     print(f"  pandas groupby baseline (same work):                        {t_naive:6.2f} s")
     every = {k: ", ".join(f"{x:.1f}" for x in v) for k, v in times.items()}
     print(f"  speed-up: {t_naive / t_ours:.1f}x   (best of {args.repeat}; all: ours {every['ours']} s, "
@@ -187,16 +232,24 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--subsets", type=int, default=10, help="random seed subsets per ensemble size")
     ap.add_argument("--max-points", type=int, default=12, help="ensemble sizes per curve")
-    ap.add_argument("--layout", choices=["compact", "per-trial", "both"], default="both",
-                    help="few large files (after `basin compact`) and/or one file per trial and table")
+    ap.add_argument("--layout", default="compact,per-trial,run",
+                    help="comma-separated, in order: compact (few large files, after `basin compact`), per-trial "
+                         "(one file per trial and table), run (per-trial merged as `basin run` does at its end; "
+                         "after per-trial it merges that same folder)")
+    ap.add_argument("--no-naive", dest="naive", action="store_false",
+                    help="skip the pandas baseline (at 10,000 trials it holds the probabilities twice in memory)")
     ap.add_argument("--repeat", type=int, default=2, help="interleaved rounds; the best of each is reported")
     ap.add_argument("--keep", default="", help="write the folders here and keep them (default: a temp dir)")
     args = ap.parse_args()
-    print(f"{os.cpu_count()} CPUs; {args.subsets} subsets per k, up to {args.max_points} ensemble sizes per curve")
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start; {args.subsets} subsets per k, "
+          f"up to {args.max_points} ensemble sizes per curve")
     tmp = Path(args.keep or tempfile.mkdtemp(prefix="bench_analysis_"))
+    base: dict = {}
     try:
-        for layout in (["compact", "per-trial"] if args.layout == "both" else [args.layout]):
-            run(tmp / layout / SWEEP, args)
+        for layout in args.layout.split(","):
+            folder = "per-trial" if layout == "run" else layout  # `run` merges the per-trial folder in place
+            run(tmp / folder / SWEEP, layout, args, base)
+        print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)

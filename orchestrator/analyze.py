@@ -99,6 +99,8 @@ def add_analyze_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bins", type=int, default=None, help="confidence bins for ECE/reliability (default: ece_bins)")
     p.add_argument("--subsets", type=int, default=10, help="random seed subsets per ensemble size (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed for subsets and t-SNE (default 0)")
+    p.add_argument("--strict", action="store_true", help="refuse, writing nothing, when a results file cannot be "
+                   "read (default: name it in one line and leave it out)")
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -111,13 +113,20 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if not results_folders(args.results):
         raise UserError(f"{args.results}: no results found (expected {args.results}/trials/*.parquet "
                         f"or {args.results}/<sweep>/trials/*.parquet)")
+    if args.strict:  # refuse before writing anything
+        from trainers.folder import Folder
+        from trainers.schema import TABLES
+
+        for folder in results_folders(args.results):
+            for table in TABLES:
+                Folder(folder, strict=True).verify(table)
     runs = {}
     if args.mlflow:  # fail before the work, not after it
         runs = {sweep: parent_run(sweep, folder, args.tracking_uri) for folder, sweep in
                 sweeps_in(args.results, args.sweep)}
     t0 = time.time()
     reports = build_report(args.results, args.out, hue=args.hue, bins=args.bins, n_subsets=args.subsets,
-                           seed=args.seed, sweeps=args.sweep)
+                           seed=args.seed, sweeps=args.sweep, strict=args.strict)
     if args.sweep and not reports:
         raise UserError(f"--sweep: none of {', '.join(args.sweep)} found under {args.results}")
     for rep in reports:

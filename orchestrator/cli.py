@@ -43,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"basin {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # --strict and an unreadable results file (trainers.folder): its one line
+        folder = sys.modules.get("trainers.folder")
+        if folder is None or not isinstance(e, folder.UnreadableFile):
+            raise
+        print(f"basin {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # `python -m orchestrator.cli`: run the importable module so UserError is one class

@@ -73,6 +73,24 @@ def trial_error(trial: Any) -> str:
         return f"Ray Tune recorded no readable error for it ({type(e).__name__})"
 
 
+STORAGE_ERROR = "storage_error"  # runner.STORAGE_ERROR: a trial found the results folder full or read-only
+
+
+class StorageStop(tune.Stopper):
+    """Stops the whole sweep at the first trial that reports a full or read-only results folder: every other
+    trial would fail alike, and each retry would leave more behind."""
+
+    def __init__(self) -> None:
+        self.hit = False
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        self.hit = self.hit or result.get("kind") == STORAGE_ERROR
+        return self.hit
+
+    def stop_all(self) -> bool:
+        return self.hit
+
+
 class SweepCallback(tune.Callback):
     """Counts trials, prints `[name] 12/48 done, 2 running, 0 failed, ETA 3m10s` every `every` seconds
     (`12/48 done (1 diverged)`: a diverged trial is done, with its result), and mirrors each trial into
@@ -89,6 +107,7 @@ class SweepCallback(tune.Callback):
         self.done: set[str] = set()
         self.failed: dict[str, str] = {}       # trial key -> one-line error of its last attempt
         self.diverged: dict[str, int] = {}     # trial key -> the epoch its training loss went non-finite
+        self.stopped = ""                      # the line of the storage fault that stopped the sweep
         self.retried = 0
         self.attempt: dict[str, int] = {}      # trial key -> attempt seen in its latest results
         self.resumed: dict[str, int] = {}
@@ -126,6 +145,15 @@ class SweepCallback(tune.Callback):
             if self.mirror:
                 self.mirror.tags(key, {"basin.attempt": attempt,
                                        "basin.resumed_from_epoch": result.get("resumed_from_epoch", 0)})
+        if kind == STORAGE_ERROR:
+            if not self.stopped:
+                self.stopped = result.get("error") or "results: cannot write"
+                self.say(f"[{self.name}] {self.stopped}; stopping the sweep")
+            for m in self._open(trial):  # a pack's members stop with it
+                self.failed[m["key"]] = self.stopped
+                if self.mirror:
+                    self.mirror.tags(m["key"], {"basin.last_error": self.stopped})
+            return
         if kind == "final" and result.get("status") == "diverged":
             self.diverged[key] = int(result.get("diverged_epoch") or 0)
             name = next((m["name"] for m in members(self._trial(trial)) if m["key"] == key), key)
@@ -161,6 +189,10 @@ class SweepCallback(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         for t in self._open(trial):
+            if self.stopped and self.failed.get(t["key"]) == self.stopped:  # it ended by reporting the fault
+                if self.mirror:
+                    self.mirror.status(t["key"], "FAILED")
+                continue
             self._finish(t["key"])
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -29,20 +29,36 @@ from typing import Any
 
 from orchestrator import packing, preflight
 from orchestrator.cli import UserError
-from orchestrator.store import Store
+from orchestrator.store import Store, storage_fault, storage_line
 from orchestrator.sweep import Sweep, Trial, describe, is_uri, load_sweep
 from orchestrator.sync import heal, record_sync, sweep_mirror
 from orchestrator.tracking import Mirror, eval_metrics, probe_metrics, summary_metrics
 from trainers.config import TrialConfig
-from trainers.schema import FINAL_STATUSES
+from trainers.folder import unreadable
+from trainers.schema import FINAL_STATUSES, TABLES
 
 POINTER_FILE = "basin_checkpoint.json"
+STORAGE_ERROR = "storage_error"  # the report kind of a trial that found the results folder full or read-only
+# (progress.STORAGE_ERROR; the driver stops the sweep on it)
+RECORD_BYTES = 4096  # a run record's size on disk: its final version fits in place on a full disk
 REPORT_EVERY_S = 2.0   # epoch rows are reported to Tune (and MLflow) at least this often, and at checkpoints
 # Tune's own loggers write a JSON/CSV line per result per trial; Parquet and MLflow cover that.
 TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0",
             "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 # Loggers whose messages are noise here: no per-trial result files on purpose, checkpoint notices.
 QUIET_LOGGERS = ("ray.tune.analysis.experiment_analysis", "ray.train._internal.storage")
+EXPERIMENT_STATE_LOGGER = "ray.tune.execution.experiment_state"
+
+
+class _OneLine(logging.Filter):
+    """Tune logs a failed experiment-state save with a traceback; the sweep's own line says why (a full or
+    read-only folder), so this keeps Tune's message to one line with the error at its end."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg, record.args = f"{record.getMessage()}{record.exc_info[1]}", ()
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 def say(msg: str) -> None:
@@ -170,12 +186,35 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         return train_pack(t, ctx)
     store = Store(ctx.results)
     reset_state(ctx.threads, t["key"])
-    cfg, sink, resume = _start(store, ctx, t)
+    try:
+        cfg, sink, resume = _start(store, ctx, t)
+    except Exception as e:
+        if _storage_stop(store, ctx, [], e):
+            return
+        raise
     try:
         run_trial(cfg, sink=sink, resume=resume)
     except Exception as e:
+        if not sink.written and _storage_stop(store, ctx, [(t["key"], sink.attempt)], e):
+            return
         _failed(store, ctx, t, cfg, sink, e)
         raise
+
+
+def _storage_stop(store: Store, ctx: TrialContext, attempts: list[tuple[str, int]], e: Exception) -> bool:
+    """When `e` says the results folder takes no more writes (full, read-only): these attempts recorded nothing,
+    so they leave nothing behind, and one report tells the driver to stop the sweep (retries would fail alike).
+    False for any other error."""
+    from ray import tune
+
+    fault = storage_fault(e)
+    if fault is None:
+        return False
+    for key, attempt in attempts:
+        store.discard_attempt(key, attempt)
+    tune.report({"kind": STORAGE_ERROR, "trial_key": attempts[0][0] if attempts else "",
+                 "error": storage_line(ctx.results, fault)})
+    return True
 
 
 def _start(store: Store, ctx: TrialContext, t: dict[str, Any]) -> tuple[TrialConfig, TuneSink, dict | None]:
@@ -192,7 +231,8 @@ def _start(store: Store, ctx: TrialContext, t: dict[str, Any]) -> tuple[TrialCon
         resume = store.load_checkpoint(key)
         source = source or ("results" if resume is not None else "")
     except Exception as e:  # unreadable: start over rather than fail the trial
-        print(f"basin: {name}: ignoring an unreadable checkpoint ({e})", file=sys.stderr)
+        line = unreadable(store.path(f"checkpoints/{key}.pt"), "checkpoint", e)
+        print(f"basin: warning: {line}; {name} starts over", file=sys.stderr)
     resumed_from = int(resume["epoch"]) if resume else 0
     started = time.time()
     attempt = store.claim_attempt(key, {"started_at": started, "host": socket.gethostname(), "pid": os.getpid(),
@@ -239,17 +279,27 @@ def train_pack(t: dict[str, Any], ctx: TrialContext) -> None:
     todo = t["members"]
     if any(store.exists(f"attempts/{m['key']}.a0.json") for m in todo):  # a retry: some may be complete
         status = store.trial_status()
-        todo = [m for m in todo if status.get(m["key"], {}).get("status") != "completed"]
-    started = [(m, *_start(store, ctx, m)) for m in todo]
+        todo = [m for m in todo if status.get(m["key"], {}).get("status") not in FINAL_STATUSES]
+    started: list[tuple] = []
+    try:
+        for m in todo:
+            started.append((m, *_start(store, ctx, m)))
+    except Exception as e:
+        if _storage_stop(store, ctx, [(m["key"], s.attempt) for m, _, s, _ in started], e):
+            return
+        raise
     by_epoch: dict[int, list[tuple]] = {}  # members resumed at different epochs cannot step together
     for s in started:
         by_epoch.setdefault(int(s[3]["epoch"]) if s[3] else 0, []).append(s)
     failed: dict[str, str] = {}
+    faults: list[Exception] = []  # storage faults: the sweep stops
     for group in by_epoch.values():
         def drop(i: int, e: Exception, group: list[tuple] = group) -> None:
             m, cfg, sink, _ = group[i]
-            _failed(store, ctx, m, cfg, sink, e)
-            if not sink.written:
+            if storage_fault(e) is not None:
+                faults.append(e)
+            elif not sink.written:
+                _failed(store, ctx, m, cfg, sink, e)
                 failed[m["name"]] = f"{type(e).__name__}: {e}"
         try:
             run_pack([s[1] for s in group], [s[2] for s in group], [s[3] for s in group], on_error=drop)
@@ -257,6 +307,9 @@ def train_pack(t: dict[str, Any], ctx: TrialContext) -> None:
             for i, (m, _, sink, _) in enumerate(group):
                 if not sink.written and m["name"] not in failed:
                     drop(i, e)
+    if faults:
+        _storage_stop(store, ctx, [(m["key"], s.attempt) for m, _, s, _ in started if not s.written], faults[0])
+        return
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(t['members'])} packed trials failed: "
                            + "; ".join(f"{n}: {e}" for n, e in failed.items())[:1500])
@@ -285,6 +338,7 @@ class Summary:
     mlflow_gap: str = ""
     report: str = ""                       # the report's index.html ("" when none was made)
     report_mlflow: bool = False            # ... and whether it is attached to the parent MLflow run
+    stopped: str = ""                      # why the sweep stopped early (a full or read-only results folder)
     # seconds summed over this run's completed trials: training (trial rows' `seconds`), Parquet writes,
     # checkpoints, Tune reports; and the driver's MLflow thread busy time
     timings: dict[str, float] = field(default_factory=dict)
@@ -385,19 +439,28 @@ def pandas_snippet(folder: str) -> list[str]:
 
 
 def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, num_cpus: int | None = None,
-              every: float = 5.0, dry_run: bool = False, report: bool = True) -> Summary:
+              every: float = 5.0, dry_run: bool = False, report: bool = True, strict: bool = False,
+              compact: bool = True) -> Summary:
     """Run (or continue) a sweep; returns what happened. Raises UserError before starting anything when
     the sweep cannot run. With `report`, the sweep's report (analysis.build_report) is written to
-    <sweep folder>/report/ at the end and attached to its parent MLflow run."""
-    store = Store(sweep.dir)
+    <sweep folder>/report/ at the end and attached to its parent MLflow run. An unreadable results file is
+    named and left out (a trial whose trials row it held runs again), an unreadable checkpoint is named and
+    set aside (its trial starts over); `strict` refuses either instead (trainers.folder.UnreadableFile).
+    A full or read-only results folder stops the sweep (Summary.stopped), its run record closed. With
+    `compact`, the per-trial Parquet files this run wrote are merged at the end (one file per table)."""
+    store = Store(sweep.dir, strict=strict)
     trials = sweep.trials
     if not address:  # a fixed local machine: what it cannot give is refused before Ray starts or files are written
         preflight.check(sweep, num_cpus)
     if resume and not store.exists("sweep.yaml"):
         raise UserError(f"{sweep.path}: nothing to resume: no earlier run of {sweep.name!r} in {sweep.dir}")
+    if strict:
+        for table in TABLES:
+            store.verify(table)
     status = store.trial_status()
     done = {t.key for t in trials if status.get(t.key, {}).get("status") in FINAL_STATUSES}
     pending = [t for t in trials if t.key not in done]
+    check_checkpoints(sweep, store, pending, strict, dry_run)
     pack = packing.pack_size(sweep) if pending else 1  # refuses a packing that cannot fit, before any work
     if dry_run:
         say(describe(sweep))
@@ -407,9 +470,10 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
         store.check_writable()
         if sweep.mlflow.startswith("sqlite:///"):
             os.makedirs(os.path.dirname(sweep.mlflow[len("sqlite:///"):]), exist_ok=True)
+        store.clean_partial()  # what an earlier run cut short (temp files, empty attempt markers)
+        store.write_bytes("sweep.yaml", sweep.text.encode())
     except OSError as e:
-        raise UserError(f"{sweep.path}: results: cannot write to {sweep.dir} ({e.strerror or e})") from None
-    store.write_bytes("sweep.yaml", sweep.text.encode())
+        raise UserError(f"{sweep.path}: {storage_line(sweep.dir, e)}") from None
     say(f"[{sweep.name}] {len(trials)} trials: {len(done)} completed earlier, {len(pending)} to run"
         f"{_packs_text(pending, pack)} ({sweep.cpus:g} CPU, {sweep.gpus:g} GPU each)")
     if not pending:
@@ -422,6 +486,7 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
         os.environ.setdefault(k, v)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger(EXPERIMENT_STATE_LOGGER).addFilter(_OneLine())
     t0 = time.monotonic()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     record = {"state": "running", "started_at": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
@@ -434,11 +499,20 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
     try:
         started_ray = start_ray(address, num_cpus)
         check_resources(sweep, local=not address)
-        callback, grid = _fit_stages(sweep, pending, mirror, every, len(done), store, pack)
-    except BaseException:
+        with merging(sweep, store, compact):
+            callback, grid = _fit_stages(sweep, pending, mirror, every, len(done), store, pack)
+    except BaseException as e:
         if mirror is not None:  # what reached the mirror still goes to MLflow
             mirror.close("KILLED", timeout=10)
-        raise
+        fault = storage_fault(e)
+        if fault is None:
+            raise
+        # Tune's own writes (its storage folder) hit the fault: the same one line, the run record closed.
+        line = storage_line(sweep.dir, fault)
+        store.clean_partial()
+        _record_run(store, stamp, {**record, "state": "finished", "ok": False, "stopped": line,
+                                    "finished_at": time.time()})
+        raise UserError(f"{line}; the sweep stopped: free space (or fix permissions) and run it again") from None
     finally:
         if started_ray:
             import ray
@@ -460,8 +534,12 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
             if by_key.get(key) not in failed and status.get(key, {}).get("status") not in FINAL_STATUSES:
                 failed[by_key[key]] = error_text(r.error)
     summary = Summary(sweep.name, len(trials), completed, skipped=len(done), ran=len(pending), failed=failed,
-                      diverged=diverged, seconds=seconds, timings=dict(callback.timings))
-    local_report = build_report(sweep, store) if report and completed else None
+                      diverged=diverged, seconds=seconds, timings=dict(callback.timings), stopped=callback.stopped)
+    if summary.stopped:
+        store.clean_partial()
+    elif compact:
+        compact_results(sweep, store)
+    local_report = build_report(sweep, store) if report and completed and not summary.stopped else None
     if mirror is not None:
         gap = mirror.close("FINISHED" if summary.ok else "FAILED",
                            {"completed": completed, "diverged": len(diverged), "failed": len(failed),
@@ -483,6 +561,20 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
     return summary
 
 
+def check_checkpoints(sweep: Sweep, store: Store, pending: list[Trial], strict: bool, dry_run: bool) -> None:
+    """Name each pending trial's unreadable checkpoint in one line and set it aside, so the trial starts over
+    (strict: refuse). Only the zip directory is read: cheap, and a file truncated by a full disk fails it."""
+    for t in pending:
+        line = store.unreadable_checkpoint(t.key)
+        if line is None:
+            continue
+        if strict:
+            raise UserError(line)
+        say(f"[{sweep.name}] warning: {line}; {t.name} starts over")
+        if not dry_run:
+            store.set_aside_checkpoint(t.key)
+
+
 def _packs_text(pending: list[Trial], pack: int) -> str:
     if pack == 1:
         return ""
@@ -496,7 +588,7 @@ def _fit(sweep: Sweep, pending: list[Trial], mirror: Mirror | None, every: float
     from ray.tune.schedulers import FIFOScheduler
 
     from orchestrator.feeder import Feeder
-    from orchestrator.progress import SweepCallback
+    from orchestrator.progress import StorageStop, SweepCallback
     from orchestrator.ui import GROUP_TAG
 
     runs = {t.key: (t.title, {GROUP_TAG: t.group, **dict(t.axes)}) for t in pending}
@@ -522,6 +614,7 @@ def _fit(sweep: Sweep, pending: list[Trial], mirror: Mirror | None, every: float
             failure_config=tune.FailureConfig(max_failures=sweep.retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # pointers: see TuneSink
             callbacks=[callback],
+            stop=StorageStop(),
             verbose=0,
         ),
     )
@@ -542,6 +635,33 @@ def heal_mlflow(sweep: Sweep, store: Store, gap: str = "") -> str:
         return gap or healed.describe(sweep.mlflow)
     record_sync(store, healed)
     return ""
+
+
+def merging(sweep: Sweep, store: Store, on: bool) -> contextlib.AbstractContextManager:
+    """Per-trial files merged in the background while trials run (orchestrator.status.Merger), when `on`."""
+    if not on:
+        return contextlib.nullcontext()
+    from orchestrator.status import Merger
+
+    return Merger(store, warn=lambda m: say(f"[{sweep.name}] warning: {m}"))
+
+
+def compact_results(sweep: Sweep, store: Store) -> None:
+    """Merge the per-trial files of the run into one file per table (orchestrator.status.compact_run): 10,000
+    small files take readers seconds, one file milliseconds. A failure leaves the per-trial files as they
+    were (readers take either), with a warning."""
+    from orchestrator.status import compact_run
+
+    t0 = time.monotonic()
+    try:
+        merged = compact_run(store)
+    except Exception as e:  # never fails a finished run: the per-trial files serve readers as well
+        say(f"[{sweep.name}] warning: results not merged ({type(e).__name__}: {e}); `basin compact {sweep.dir}` "
+            "tries again")
+        return
+    if merged:
+        files = sum(n for n, _ in merged.values())
+        say(f"[{sweep.name}] merged {files} per-trial files into {len(merged)} in {time.monotonic() - t0:.1f}s")
 
 
 def build_report(sweep: Sweep, store: Store) -> str | None:
@@ -588,7 +708,7 @@ def _fit_stages(sweep: Sweep, pending: list[Trial], mirror: Mirror | None, every
     first, second = connect.split(pending)
     stages = [_fit(sweep, first, mirror, every, skipped, pack)] if first else []
     refused: dict[str, str] = {}
-    if second:
+    if second and not (stages and stages[0][0].stopped):
         runnable, refused = connect.ready(second, store)
         for t in second:
             if t.key in refused:
@@ -599,6 +719,7 @@ def _fit_stages(sweep: Sweep, pending: list[Trial], mirror: Mirror | None, every
     callback = stages[-1][0] if stages else SweepCallback(sweep.name, 0, None, say=say)
     for earlier, _ in stages[:-1]:
         callback.failed.update(earlier.failed)
+        callback.stopped = callback.stopped or earlier.stopped
         for k, v in earlier.timings.items():
             callback.timings[k] = callback.timings.get(k, 0.0) + v
     callback.failed.update(refused)
@@ -607,11 +728,22 @@ def _fit_stages(sweep: Sweep, pending: list[Trial], mirror: Mirror | None, every
 
 def _record_run(store: Store, stamp: str, record: dict[str, Any]) -> None:
     """runs/<stamp>.json: written when a run starts (state running, pid) and when it ends (its summary);
-    `basin status` tells a live run from an interrupted one by it."""
+    `basin status` tells a live run from an interrupted one by it. Padded with spaces to RECORD_BYTES (JSON
+    allows them), so when the folder is full by the end, the final record still overwrites the first in
+    place: blocks already held need no new space."""
+    rel = f"runs/{stamp}-{os.getpid()}.json"
+    data = json.dumps(record, indent=1, default=str).encode()
+    data += b" " * max(0, RECORD_BYTES - len(data))
     try:
-        store.write_bytes(f"runs/{stamp}-{os.getpid()}.json", json.dumps(record, indent=1).encode())
+        store.write_bytes(rel, data)
     except OSError as e:
-        say(f"[{store.root}] warning: could not record this run ({e})")
+        try:
+            if not store.local or len(data) > RECORD_BYTES or not store.exists(rel):
+                raise e
+            with open(store.path(rel), "r+b") as f:
+                f.write(data)
+        except OSError:
+            say(f"[{store.root}] warning: could not record this run ({e})")
 
 
 def _report(sweep: Sweep, s: Summary) -> None:
@@ -629,8 +761,11 @@ def _report(sweep: Sweep, s: Summary) -> None:
         say(f"  ... and {len(s.failed) - 20} more (see the trials table, status == 'failed')")
     if s.mlflow_gap:
         say(f"[{sweep.name}] warning: {s.mlflow_gap}")
+    if s.stopped:
+        say(f"[{sweep.name}] stopped early: {s.stopped}: free space (or fix permissions) and run it again; "
+            "completed trials are kept")
     say(where_text(sweep, s.report, s.report_mlflow))
-    if s.failed:
+    if s.failed and not s.stopped:
         say(f"  re-run `basin run {sweep.path}` to retry the failed trials (completed ones are kept)")
 
 
@@ -645,6 +780,10 @@ def add_run_args(p: Any) -> None:
     p.add_argument("--mlflow", help="MLflow tracking URI (overrides the file's `mlflow`; 'false' = off)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     p.add_argument("--every", type=float, default=5.0, metavar="S", help="seconds between progress lines")
+    p.add_argument("--strict", action="store_true", help="refuse to start when a results file or checkpoint cannot "
+                   "be read (default: name it in one line; a trial without a readable row or checkpoint starts over)")
+    p.add_argument("--no-compact", action="store_true", help="keep one Parquet file per trial and table (default: "
+                   "merge this run's into one per table at the end, as `basin compact` does)")
     p.add_argument("--no-report", action="store_true",
                    help="skip the report at the end (<results>/<name>/report/, attached to the MLflow parent run)")
 
@@ -653,5 +792,6 @@ def cmd_run(args: Any) -> int:
     mlflow = False if args.mlflow in ("false", "off", "none") else args.mlflow
     sweep = load_sweep(args.sweep, results=args.results, mlflow=mlflow)
     summary = run_sweep(sweep, address=args.address, resume=args.resume, num_cpus=args.num_cpus,
-                        every=args.every, dry_run=args.dry_run, report=not args.no_report)
+                        every=args.every, dry_run=args.dry_run, report=not args.no_report,
+                        strict=args.strict, compact=not args.no_compact)
     return 0 if summary.ok or args.dry_run else 1

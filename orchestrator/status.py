@@ -1,11 +1,17 @@
 """`basin status` (the sweeps under a results folder and their counts) and `basin compact` (merge a sweep's
-many per-trial Parquet files). `basin ui` is in orchestrator/ui.py."""
+many per-trial Parquet files). `basin ui` is in orchestrator/ui.py.
+
+An unreadable Parquet file is named in one line and left out (trainers/folder.py); with --strict both
+commands refuse with that line instead. One sweep folder that cannot be read at all is named and the others
+are still listed."""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
+import sys
+import threading
 import time
 import uuid
 from typing import Any
@@ -18,9 +24,11 @@ import pyarrow.parquet as pq
 from orchestrator.cli import UserError
 from orchestrator.store import Store
 from orchestrator.sweep import join, parse_sweep
+from trainers.folder import PARQUET_FORMAT, parquet_options
 from trainers.schema import SCHEMAS, TABLES
 
 COMPACT_ROW_GROUP_BYTES = 128 << 20
+COMPACT_PREFIX = "compact-"
 
 
 def _children(root: str) -> list[str]:
@@ -105,8 +113,8 @@ def running(run: dict[str, Any] | None) -> bool:
     return _state(run) in ("running", "running?")
 
 
-def sweep_status(folder: str) -> dict[str, Any]:
-    store = Store(folder)
+def sweep_status(folder: str, strict: bool = False) -> dict[str, Any]:
+    store = Store(folder, strict=strict)
     status = store.trial_status()
     sweep = saved_sweep(folder)
     keys = [t.key for t in sweep.trials] if sweep else list(status)
@@ -124,6 +132,8 @@ def sweep_status(folder: str) -> dict[str, Any]:
 def add_status_args(p: Any) -> None:
     p.add_argument("results", nargs="?", default="results", help="a results folder (or one sweep's folder)")
     p.add_argument("--json", action="store_true", help="one JSON object per sweep")
+    p.add_argument("--strict", action="store_true", help="refuse when a results file cannot be read (default: "
+                   "name it in one line and leave it out)")
     p.add_argument("--job", help="a job id from `basin submit`: its state and latest progress line instead")
     p.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:8265"),
                    help="with --job: the Ray dashboard, through the SSH tunnel")
@@ -146,7 +156,14 @@ def job_summary(job: str, address: str) -> int:
 def cmd_status(args: Any) -> int:
     if args.job:
         return job_summary(args.job, args.address)
-    rows = [sweep_status(d) for d in sweep_dirs(args.results)]
+    rows = []
+    for d in sweep_dirs(args.results):
+        try:
+            rows.append(sweep_status(d, strict=args.strict))
+        except OSError as e:  # a folder that cannot be listed or read: say so, list the others
+            if args.strict:
+                raise UserError(f"{d}: cannot read ({e})") from None
+            print(f"basin: warning: {d}: cannot read ({e}); skipped", file=sys.stderr)
     if args.json:
         for r in rows:
             print(json.dumps(r))
@@ -172,20 +189,40 @@ def cmd_status(args: Any) -> int:
 # -- basin compact ----------------------------------------------------------------------------------------
 def add_compact_args(p: Any) -> None:
     p.add_argument("sweep", help="a sweep's results folder (or a results folder: every sweep in it)")
+    p.add_argument("--strict", action="store_true", help="refuse, writing nothing, when a file cannot be read "
+                   "(default: name it in one line, merge the others and leave it where it is)")
 
 
-def compact_table(folder: str, table: str) -> tuple[int, int]:
-    """Merge a table's files into one, written atomically (trainers.folder), then delete the inputs. A crash in
-    between leaves duplicates, which readers drop."""
-    store = Store(folder)
-    files = [e.path for e in store.list(table) if e.type == pafs.FileType.File and e.base_name.endswith(".parquet")]
+def compact_table(folder: str | Store, table: str, trial_files_only: bool = False) -> tuple[int, int]:
+    """Merge a table's files (or only its per-trial files, not earlier merges) into one, written atomically
+    (trainers.folder), then delete the inputs. A crash in between leaves duplicates, which readers drop. A file
+    that cannot be read is named (or refused, strict), never merged and never deleted; if one turns out bad
+    while merging, nothing is written and the merge starts again without it."""
+    store = folder if isinstance(folder, Store) else Store(folder)
+    files = [f for f in store.files(table) if f not in store.skipped
+             and not (trial_files_only and f.rpartition("/")[2].startswith(COMPACT_PREFIX))]
     if len(files) <= 1:
         return len(files), 0
-    dataset = ds.dataset(files, format="parquet", filesystem=store.fs, schema=SCHEMAS[table])
-    name = f"compact-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
+    name = f"{COMPACT_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
+    try:
+        rows = _merge(store, table, files, f"{table}/{name}")
+    except (pa.ArrowException, OSError):  # some input is bad (open_atomic removed the partial output)
+        store.verify(table, files)  # names (skips) or refuses the bad ones
+        files = [f for f in files if f not in store.skipped]
+        if len(files) <= 1:
+            return len(files), 0
+        rows = _merge(store, table, files, f"{table}/{name}")
+    for f in files:
+        store.fs.delete_file(f)
+    return len(files), rows
+
+
+def _merge(store: Store, table: str, files: list[str], rel: str) -> int:
+    """Stream `files` into one new file `rel` (atomically: whole or absent); the rows written."""
+    dataset = ds.dataset(files, format=PARQUET_FORMAT, filesystem=store.fs, schema=SCHEMAS[table])
     rows = 0
-    with store.open_atomic(f"{table}/{name}") as out, \
-            pq.ParquetWriter(out, SCHEMAS[table], compression="zstd") as w:
+    with store.open_atomic(rel) as out, \
+            pq.ParquetWriter(out, SCHEMAS[table], **parquet_options(SCHEMAS[table], one_trial=False)) as w:
         batch: list[pa.RecordBatch] = []
         size = 0
         for b in dataset.to_batches(batch_size=4096):
@@ -197,9 +234,52 @@ def compact_table(folder: str, table: str) -> tuple[int, int]:
                 batch, size = [], 0
         if batch:
             w.write_table(pa.Table.from_batches(batch, SCHEMAS[table]))
-    for f in files:
-        store.fs.delete_file(f)
-    return len(files), rows
+    return rows
+
+
+def compact_run(store: Store) -> dict[str, tuple[int, int]]:
+    """The end of `basin run`: each table's per-trial files merged into one file (per table, per run), so
+    readers open a few files rather than one per trial; {table: (files, rows)} of the tables merged."""
+    out = {}
+    for table in TABLES:
+        n, rows = compact_table(store, table, trial_files_only=True)
+        if rows:
+            out[table] = (n, rows)
+    return out
+
+
+class Merger:
+    """While a run goes on: every `check_s` seconds, once `files` per-trial files of the trials table have
+    piled up, merge them (compact_run), so a reader (basin status, a killed run's re-run, analysis) never
+    opens more than about that many small files. Safe beside writing trials: a merge takes the files it
+    listed, each already whole (written under a temp name, renamed), and deletes only those."""
+
+    def __init__(self, store: Store, warn: Any, files: int = 1000, check_s: float = 30.0):
+        self.store, self.warn, self.files, self.check_s = store, warn, files, check_s
+        self.merged = 0  # per-trial files merged so far
+        self.merged_once = threading.Event()  # set after the first merge (tests wait on it)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="basin-merger", daemon=True)
+
+    def __enter__(self) -> Merger:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.check_s):
+            try:
+                trial_files = [f for f in self.store.files("trials")
+                               if not f.rpartition("/")[2].startswith(COMPACT_PREFIX)]
+                if len(trial_files) >= self.files:
+                    self.merged += sum(n for n, _ in compact_run(self.store).values())
+                    self.merged_once.set()
+            except Exception as e:  # the per-trial files serve readers as well: say so once and stop trying
+                self.warn(f"results not merged during the run ({type(e).__name__}: {e})")
+                return
 
 
 def cmd_compact(args: Any) -> int:
@@ -207,11 +287,15 @@ def cmd_compact(args: Any) -> int:
     if not folders:
         raise UserError(f"{args.sweep}: no sweep results here")
     for folder in folders:
+        store = Store(folder, strict=args.strict)
+        if args.strict:  # refuse before writing anything
+            for table in TABLES:
+                store.verify(table)
         parts = []
         for table in TABLES:
-            n, rows = compact_table(folder, table)
+            n, rows = compact_table(store, table)
             if rows:
                 parts.append(f"{table} {n} files -> 1 ({rows} rows)")
-        print(f"{folder}: " + ("; ".join(parts) if parts else "nothing to merge"))
+        kept = f"; {len(store.skipped)} unreadable file(s) left as they are" if store.skipped else ""
+        print(f"{folder}: " + ("; ".join(parts) if parts else "nothing to merge") + kept)
     return 0
-
