@@ -67,8 +67,8 @@ def test_status_names_the_bad_file_and_lists_every_sweep(root: Path, capsys) -> 
     truncated = next(p for p in (root / "bad" / "trials").iterdir() if p.read_bytes()[-4:] != b"PAR1")
     assert main(["status", str(root)]) == 0
     out, err = capsys.readouterr()
-    rows = {ln.split()[0]: ln.split()[1:4] for ln in out.splitlines()[1:]}
-    assert rows == {"bad": ["2", "0", "3"], "good": ["2", "0", "2"]}  # the bad trial is not counted done
+    rows = {ln.split()[0]: ln.split()[1:5] for ln in out.splitlines()[1:]}
+    assert rows == {"bad": ["2", "0", "0", "3"], "good": ["2", "0", "0", "2"]}  # the bad trial is not counted done
     assert err.splitlines() == [f"basin: warning: {truncated}: {TRUNCATED}; skipped"]
 
     assert main(["status", "--strict", str(root)]) == 2
