@@ -91,6 +91,18 @@ def read_line(proc: subprocess.Popen, contains: str, timeout: float) -> tuple[st
             return line.strip(), "".join(seen)
 
 
+def runs_by_key(uri: str, experiment: str) -> dict[str, list]:
+    """A sweep's MLflow trial runs by trial key (a list: a healthy sweep has one each)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    out: dict[str, list] = {}
+    for r in client.search_runs([exp.experiment_id], "tags.`basin.role` = 'trial'", max_results=1000):
+        out.setdefault(r.data.tags["basin.trial_key"], []).append(r)
+    return out
+
+
 def assert_mirror_matches_parquet(uri: str, sweep) -> None:
     """One child run per trial; a completed trial's is FINISHED, spans the trial's own times, and its epoch
     curves, headline metrics, profiles and other evaluations equal the Parquet rows."""

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, assert_mirror_matches_parquet, end_group, free_port, wait_http, write_sweep
+from conftest import TINY, assert_mirror_matches_parquet, end_group, free_port, runs_by_key, wait_http, write_sweep
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
@@ -46,15 +46,6 @@ def snapshot(uri: str, experiment: str) -> list[tuple]:
         out.append((r.info.run_id, r.info.status, r.info.start_time, r.info.end_time, r.data.params,
                     r.data.tags, hist))
     return sorted(out, key=lambda x: x[0])
-
-
-def trial_runs(uri: str, experiment: str) -> dict[str, list]:
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    out: dict[str, list] = {}
-    for r in client.search_runs([exp.experiment_id], "tags.`basin.role` = 'trial'", max_results=1000):
-        out.setdefault(r.data.tags["basin.trial_key"], []).append(r)
-    return out
 
 
 def parent_status(uri: str, experiment: str) -> str:
@@ -114,7 +105,7 @@ def test_server_down_for_the_whole_sweep_then_sync_fills_it_and_a_fresh_store(ra
     assert snapshot(fresh, sweep.name) == before
 
     client = MlflowClient(tracking_uri=fresh)
-    runs = {k: v[0] for k, v in trial_runs(fresh, sweep.name).items()}
+    runs = {k: v[0] for k, v in runs_by_key(fresh, sweep.name).items()}
     keys = [t.key for t in sweep.trials]
     client.update_run(runs[keys[0]].info.run_id, status="RUNNING")          # left RUNNING by a killed driver
     client.delete_run(runs[keys[1]].info.run_id)                             # never created
@@ -134,7 +125,7 @@ def test_server_down_for_the_whole_sweep_then_sync_fills_it_and_a_fresh_store(ra
     assert "1 runs created, 2 completed, 1 duplicate runs deleted" in capsys.readouterr().out
     assert client.get_run(dup.info.run_id).info.lifecycle_stage == "deleted"
     assert_mirror_matches_parquet(fresh, sweep)  # one run per trial, each complete, and equal to Parquet
-    assert trial_runs(fresh, sweep.name)[keys[2]][0].info.run_id == partial.info.run_id  # completed, not replaced
+    assert runs_by_key(fresh, sweep.name)[keys[2]][0].info.run_id == partial.info.run_id  # completed, not replaced
 
 
 def test_killed_worker_retry_line_names_the_cause(ray_local, tmp_path, capsys):
@@ -167,6 +158,6 @@ def test_killed_worker_retry_line_names_the_cause(ray_local, tmp_path, capsys):
     assert f"failed (ActorDiedError: the trial's worker process (pid {killed[0]}" in line and " died: " in line, line
     assert "retrying from its last checkpoint" in line and "unknown error" not in out
     assert store.attempts(trial.key)[1]["resumed_from_epoch"] >= 1
-    (run,) = trial_runs(sweep.mlflow, sweep.name)[trial.key]
+    (run,) = runs_by_key(sweep.mlflow, sweep.name)[trial.key]
     assert run.data.tags["basin.last_error"].startswith("ActorDiedError: the trial's worker process (pid ")
     assert_mirror_matches_parquet(sweep.mlflow, sweep)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, assert_mirror_matches_parquet, end_group, free_port, write_sweep
+from conftest import ROOT, TINY, assert_mirror_matches_parquet, end_group, free_port, runs_by_key, write_sweep
 from mlflow.tracking import MlflowClient
 
 from analysis.load import load, read_arrow
@@ -38,15 +38,6 @@ def sweep_file(tmp_path: Path, name: str, body: str, base: dict | None = None) -
 def raw_trials(folder: str) -> list[dict]:
     """Every trials row on disk (not deduplicated, unlike analysis.load)."""
     return read_arrow(folder, "trials", ["trial_key", "attempt", "status", "name", "error"]).to_pylist()
-
-
-def runs_by_key(uri: str, experiment: str) -> dict[str, list]:
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    out: dict[str, list] = {}
-    for r in client.search_runs([exp.experiment_id], "tags.`basin.role` = 'trial'", max_results=1000):
-        out.setdefault(r.data.tags["basin.trial_key"], []).append(r)
-    return out
 
 
 def parent_run(uri: str, experiment: str):

@@ -120,6 +120,15 @@ class Method(nn.Module):
             logits = self.net(self.input(x))
         return F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing), logits
 
+    def step_at(self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> Step:
+        """One step of a method without a regulariser: cross-entropy at flat weights `flat`, backward."""
+        self.sub.set_flat(flat)
+        with self.autocast():
+            logits = self.net(self.input(x))
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
+        loss.backward()
+        return Step(loss.detach(), loss.new_zeros(()), (logits.argmax(1) == y).sum(), len(y))
+
     # -- evaluation -------------------------------------------------------------------------------------
     def compile_now(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """Run the compiled graphs once (a training step, a BatchNorm refresh, an evaluation) and put every

@@ -25,7 +25,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from trainers.methods.base import Method, Point, Step
@@ -93,12 +92,7 @@ class Connect(Method):
 
     # -- training ---------------------------------------------------------------------------------------------
     def train_step(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> Step:
-        self.sub.set_flat(self.draw(g))
-        with self.autocast():
-            logits = self.sub.model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
-        loss.backward()
-        return Step(loss.detach(), loss.new_zeros(()), (logits.argmax(1) == y).sum(), len(y))
+        return self.step_at(self.draw(g), x, y)
 
     # -- evaluation -------------------------------------------------------------------------------------------
     def val_point(self) -> Point:

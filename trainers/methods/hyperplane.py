@@ -19,7 +19,6 @@ import math
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from trainers.methods.base import Method, Point, Step
@@ -108,12 +107,7 @@ class Hyperplane(Method):
         return self.origin + _Project.apply(self.theta, self.proj)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> Step:
-        self.sub.set_flat(self.weights_now())
-        with self.autocast():
-            logits = self.sub.model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
-        loss.backward()
-        return Step(loss.detach(), loss.new_zeros(()), (logits.argmax(1) == y).sum(), len(y))
+        return self.step_at(self.weights_now(), x, y)
 
     def val_point(self) -> Point:
         with torch.no_grad():
