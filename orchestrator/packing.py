@@ -76,36 +76,41 @@ def _local_gpu_memory() -> float:
 
 def pack_size(sweep: Sweep) -> int:
     """The sweep's trials per pack, `auto` resolved; raises UserError (one line, before anything starts) when
-    a packing cannot fit its budget. Imports torch (the footprint is measured on the meta device) only for
-    sweeps that pack."""
-    if sweep.pack == 1:
-        return 1
-    packable = [g for g in groups(sweep.trials) if not pack_problem([g[0].config])]
-    if not packable:
+    a packing, or a fraction of a GPU, cannot fit its budget. Imports torch (footprints are measured on the
+    meta device) only for sweeps that pack or share GPUs."""
+    if sweep.pack == 1 and not 0 < sweep.gpus < 1:
         return 1
     if sweep.pack == "auto" and sweep.gpus == 0:
         return 1  # on CPUs a pack trains no faster than its trials one by one (docs/performance.md)
-    from trainers.pack import footprint
-
     room = budget(sweep)
     if room is None:
         if sweep.pack == "auto":
             raise UserError(f"{sweep.path}: pack: auto needs the GPU's memory, and no GPU is visible here: give "
                             f"resources.gpu_memory (GiB of one GPU)")
         return int(sweep.pack)
+    from trainers.pack import footprint
+
     limit, where = room
+    usable = HEADROOM * limit
     fits = []
-    for g in packable:
+    for g in groups(sweep.trials):
         per, shared = footprint(g[0].config)
-        fits.append((int((HEADROOM * limit - shared) // per), per, shared, g[0]))
-    n, per, shared, first = min(fits, key=lambda f: f[0])
+        fits.append((int((usable - shared) // per), per, shared, g))
+    n, per, shared, g = min(fits, key=lambda f: f[0])
+    what = f"{g[0].config.model} on {g[0].config.dataset}"
+    if n < 1:
+        raise UserError(f"{sweep.path}: resources: a trial of {what} needs about {(per + shared) / GiB:.1f} GiB, but "
+                        f"one gets {usable / GiB:.1f} GiB ({HEADROOM:.0%} of {where})")
+    packable = [f for f in fits if not pack_problem([f[3][0].config])]
+    if sweep.pack == 1 or not packable:
+        return 1
+    n, per, shared, g = min(packable, key=lambda f: f[0])
     if sweep.pack == "auto":
-        return max(1, min(MAX_AUTO, n, max(len(g) for g in packable)))
+        return max(1, min(MAX_AUTO, n, max(len(f[3]) for f in packable)))
     k = int(sweep.pack)
     if k > n:
         need = (k * per + shared) / GiB
-        say = f"at most {n} fit" if n > 0 else "not even one fits"
-        raise UserError(f"{sweep.path}: pack: {k} trials of {first.config.model} on {first.config.dataset} need "
+        raise UserError(f"{sweep.path}: pack: {k} trials of {g[0].config.model} on {g[0].config.dataset} need "
                         f"about {need:.1f} GiB ({per / GiB:.2f} GiB each + {shared / GiB:.2f} GiB of data), but a "
-                        f"pack gets {HEADROOM * limit / GiB:.1f} GiB ({HEADROOM:.0%} of {where}): {say}")
+                        f"pack gets {usable / GiB:.1f} GiB ({HEADROOM:.0%} of {where}): at most {n} fit")
     return k

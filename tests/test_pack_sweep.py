@@ -106,6 +106,12 @@ def test_a_packing_that_cannot_fit_is_refused_before_anything_starts(tmp_path):
     gpu = load_sweep(sweep_file(tmp_path, "gpu", body.replace("{memory: 2}", "{gpus: 1, gpu_memory: 2}")
                                 + "pack: auto\n", base))
     assert packing.pack_size(gpu) == fit
+    # a share of a GPU too small for one trial is refused too, packed or not
+    tiny = load_sweep(sweep_file(tmp_path, "tiny", body.replace("{memory: 2}", "{gpus: 0.05, gpu_memory: 2}"), base))
+    with pytest.raises(UserError) as e:
+        packing.pack_size(tiny)
+    assert str(e.value).startswith(f"{tiny.path}: resources: a trial of cresnet20 on synthetic_cifar10 needs about")
+    assert str(e.value).endswith("but one gets 0.1 GiB (90% of 0.05 x 2 GiB of GPU memory)")
 
 
 @pytest.mark.parametrize("value, expected", [("pack: 0", "pack: expected a number of trials per pack"),
