@@ -104,11 +104,13 @@ class TuneSink:
     to it to Tune. The finished trial's rows go to Parquet, then one last report with its final metrics."""
 
     def __init__(self, store: Store, sweep: str, key: str, name: str, attempt: int, resumed_from: int,
-                 epochs: int, fail_at: int = 0, fail_attempts: int | None = None, started: float | None = None):
+                 epochs: int, fail_at: int = 0, fail_attempts: int | None = None, started: float | None = None,
+                 hold_until: str = ""):
         self.store, self.sweep, self.key, self.name = store, sweep, key, name
         self.started = time.time() if started is None else started  # the trial's first start (the run's start)
         self.attempt, self.resumed_from, self.epochs = attempt, resumed_from, epochs
         self.fail_at, self.fail_attempts = fail_at, fail_attempts
+        self.hold_until = hold_until if attempt == 0 else ""
         self.written = False
         self.pending: list[dict[str, float]] = []   # epoch rows not yet reported
         self.last_report = time.monotonic()
@@ -151,6 +153,12 @@ class TuneSink:
         # >= basin_fail_at_epoch this attempt runs, in the first basin_fail_attempts attempts (default: all).
         if self.fail_at and epoch >= self.fail_at and (self.fail_attempts is None or self.attempt < self.fail_attempts):
             raise RuntimeError(f"injected failure after epoch {self.fail_at} (extra.basin_fail_at_epoch)")
+        # Hold for testing (extra.basin_hold_until): a first attempt waits after its first checkpoint until that
+        # file exists, so a test can act on a sweep whose trials are all mid-way (e.g. remove a node).
+        if self.hold_until and state is not None:
+            while not os.path.exists(self.hold_until):
+                time.sleep(0.05)
+            self.hold_until = ""
 
     def endpoint_states(self, cfg: TrialConfig) -> list[dict[str, Any]]:
         """A connect trial's endpoints: their final states from the results folder (orchestrator/connect.py)."""
@@ -244,6 +252,7 @@ def _start(store: Store, ctx: TrialContext, t: dict[str, Any]) -> tuple[TrialCon
     first = (store.attempts(key)[:1] or [{}])[0].get("started_at", started) if attempt else started
     sink = TuneSink(store, ctx.sweep, key, name, attempt, resumed_from, cfg.epochs,
                     fail_at=int(extra.get("basin_fail_at_epoch", 0)), fail_attempts=extra.get("basin_fail_attempts"),
+                    hold_until=str(extra.get("basin_hold_until", "")),
                     started=first)
     sink.attempt_started = started  # this attempt's (a failed attempt's row spans it)
     return cfg, sink, resume

@@ -18,7 +18,7 @@ EPOCHS = 30
 SWEEP = f"""\
 name: multinode
 base: {{epochs: {EPOCHS}, width: 8, batch_size: 16, shape: line, batchnorm: false, save_predictions: false,
-       alpha_grid: 3, ensemble_samples: 2, device: cpu}}
+       alpha_grid: 3, ensemble_samples: 2, device: cpu, extra: {{basin_hold_until: HOLD}}}}
 axes:
   seed: [0, 1, 2, 3]
 resources: {{cpus: 1, gpus: 0.5}}
@@ -83,7 +83,8 @@ def test_trials_spread_and_survive_a_lost_worker(cluster, tmp_path):
 
     c, (node_a, node_b) = cluster
     raylets = {n.all_processes["raylet"][0].process.pid: n.node_id for n in (node_a, node_b)}
-    (tmp_path / "sweep.yaml").write_text(SWEEP)
+    go = tmp_path / "go"  # every trial's first attempt holds after its first checkpoint until this file exists
+    (tmp_path / "sweep.yaml").write_text(SWEEP.replace("HOLD", json.dumps(str(go))))
     sweep = load_sweep(tmp_path / "sweep.yaml", results=str(tmp_path / "results"))
     keys = [t.key for t in sweep.trials]
     store = Store(sweep.dir)
@@ -93,19 +94,22 @@ def test_trials_spread_and_survive_a_lost_worker(cluster, tmp_path):
 
     def watch() -> None:
         """Note on which node each attempt's process runs (its parent is that node's raylet); once all four
-        trials run (two per worker: 1 GPU / 0.5 each) and each has a checkpoint, remove worker B."""
+        trials run (two per worker: 1 GPU / 0.5 each) and each holds at its first checkpoint, remove worker B,
+        then let the trials go on."""
         deadline = time.monotonic() + 300
         while not finished.is_set() and time.monotonic() < deadline:
             for k in keys:
                 for a in store.attempts(k):
                     if a["pid"] not in seen and parent_pid(a["pid"]) in raylets:
                         seen[a["pid"]] = raylets[parent_pid(a["pid"])]
-            if "at" not in removed and not store.completed() and \
+            if "at" not in removed and len(seen) == len(keys) and \
                     all(store.exists(f"checkpoints/{k}.pt") for k in keys):
                 removed.update(on_b=[pid for pid, node in seen.items() if node == node_b.node_id],
                                at=time.monotonic())
                 c.remove_node(node_b)
+                go.write_text("")
             time.sleep(0.5)
+        go.write_text("")  # never left holding: the sweep ends and the assertions say what went wrong
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -114,7 +118,7 @@ def test_trials_spread_and_survive_a_lost_worker(cluster, tmp_path):
     finally:
         finished.set()
         watcher.join(timeout=30)
-    assert "at" in removed, "worker B was never removed mid-sweep (trials too fast or never all running?)"
+    assert "at" in removed, "worker B was never removed mid-sweep (the four trials never all held?)"
     assert summary.ok and summary.completed == 4, summary
 
     # Where each attempt ran: its marker names the trial process, whose parent raylet names the node.
