@@ -91,6 +91,42 @@ def read_line(proc: subprocess.Popen, contains: str, timeout: float) -> tuple[st
             return line.strip(), "".join(seen)
 
 
+class Keep:
+    """A sink that keeps every checkpointed state (`states[epoch]`; `state`: the last) and the final rows."""
+
+    def __init__(self):
+        self.states, self.rows = {}, None
+
+    @property
+    def state(self):
+        return self.states[max(self.states)] if self.states else None
+
+    def progress(self, row, state):
+        if state is not None:
+            self.states[state["epoch"]] = state
+
+    def finish(self, tables):
+        self.rows = tables
+
+
+class Interrupt(Exception):
+    pass
+
+
+def stop_after(root, epoch: int):
+    """A sink that saves checkpoints like the default one (trainers.results.FolderSink), then fails the trial
+    after `epoch` (raises Interrupt): a trial cut short, to resume from its checkpoint."""
+    from trainers.results import FolderSink
+
+    class StopAfter(FolderSink):
+        def progress(self, row, state):
+            super().progress(row, state)
+            if row["epoch"] == epoch:
+                raise Interrupt
+
+    return StopAfter(root, trial_key="k")
+
+
 def runs_by_key(uri: str, experiment: str) -> dict[str, list]:
     """A sweep's MLflow trial runs by trial key (a list: a healthy sweep has one each)."""
     from mlflow.tracking import MlflowClient

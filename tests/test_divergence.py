@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, write_sweep
+from conftest import TINY, Keep, write_sweep
 from mlflow.tracking import MlflowClient
 
 from analysis.load import load, read_arrow
@@ -32,20 +32,6 @@ def test_metrics_on_non_finite_probabilities_are_nan_not_an_error():
         assert math.isnan(m["ece"]) and set(m) == {"accuracy", "nll", "brier", "ece"}
     ok = classification_metrics(torch.eye(3)[labels], labels)
     assert ok["accuracy"] == 1.0 and ok["ece"] == pytest.approx(0.0)
-
-
-class Keep:
-    """A sink that keeps every checkpoint state and the final rows."""
-
-    def __init__(self):
-        self.states, self.rows = {}, None
-
-    def progress(self, row, state):
-        if state is not None:
-            self.states[state["epoch"]] = state
-
-    def finish(self, tables):
-        self.rows = tables
 
 
 def test_a_diverging_pack_member_is_marked_and_the_others_go_on():

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import Interrupt, Keep, stop_after
 
 from trainers import config as config_module
 from trainers import methods, models
 from trainers.config import ConfigError, make_config
 from trainers.evaluate import splits
 from trainers.methods.mimo import head_indices
-from trainers.results import FolderSink, load_state
+from trainers.results import load_state
 from trainers.samplers import Trajectory, dropout, gaussian, pca, pca_basis, random_direction
 from trainers.train import run_trial
 
@@ -23,23 +24,11 @@ def test_every_method_name_has_one_registered_module():
 
 
 # -- SWA --------------------------------------------------------------------------------------------------
-class Keep(FolderSink):
-    """Keeps every checkpointed state in memory (the weights at each epoch's end)."""
-
-    def __init__(self, root):
-        super().__init__(root, trial_key="k")
-        self.states = {}
-
-    def progress(self, row, state):
-        if state is not None:
-            self.states[state["epoch"]] = state
-
-
 @pytest.mark.parametrize("cycle", [0, 2])
 def test_swa_average_is_the_mean_of_the_collected_weights_with_its_own_batchnorm(tmp_path, cycle):
     cfg = make_config({**FAST, "method": "swa", "shape": "point", "epochs": 8, "swa_start": 2, "swa_cycle": cycle,
                        "swa_lr": 0.02, "ensemble_samples": 10, "checkpoint_every": 1})
-    sink = Keep(tmp_path)
+    sink = Keep()
     tables = run_trial(cfg, sink)
     collected = [e for e in range(3, 9) if cycle == 0 or (e - 2) % cycle == 0]
     weights = torch.stack([sink.states[e]["model"]["sub.W"][0] for e in collected])
@@ -216,21 +205,6 @@ def test_trajectory_keeps_the_last_checkpoints():
 
 
 # -- resume and refusals ----------------------------------------------------------------------------------
-class Interrupt(Exception):
-    pass
-
-
-class StopAfter(FolderSink):
-    def __init__(self, root, epoch):
-        super().__init__(root, trial_key="k")
-        self.stop = epoch
-
-    def progress(self, row, state):
-        super().progress(row, state)
-        if row["epoch"] == self.stop:
-            raise Interrupt
-
-
 @pytest.mark.parametrize("kw", [
     dict(method="swa", shape="point", swa_start=2, swa_cycle=2, ensemble_samples=2),
     dict(method="mimo", shape="point", mimo_repeat_prob=0.25, model="cnn"),
@@ -240,7 +214,7 @@ def test_new_methods_resume_exactly(tmp_path, kw):
     cfg = make_config({**FAST, "checkpoint_every": 1, **kw})
     whole = run_trial(cfg)
     with pytest.raises(Interrupt):
-        run_trial(cfg, StopAfter(tmp_path, 3))
+        run_trial(cfg, stop_after(tmp_path, 3))
     resumed = run_trial(cfg, resume=load_state(tmp_path / "checkpoints" / "k.pt"))
     for table in ("evals",):
         assert [(e["point"], e["split"], e["nll"]) for e in resumed[table]] == \

@@ -188,12 +188,12 @@ def test_bad_patterns_get_one_line_errors_before_anything_runs(tmp_path):
 
 
 def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path):
-    from test_train import Interrupt, StopAfter
+    from conftest import Interrupt, stop_after
 
     cfg = make_config({**MPO, "model": "mlp", "width": 2, "epochs": 2, "eval_every": 1, "mpo_margin": 0})
     whole = run_trial(cfg)
     with pytest.raises(Interrupt):
-        run_trial(cfg, StopAfter(tmp_path, 1))
+        run_trial(cfg, stop_after(tmp_path, 1))
     resumed = run_trial(cfg, resume=load_state(tmp_path / "checkpoints" / "k.pt"))
     for table in ("epochs", "evals"):
         drop = ("seconds", "samples_per_s", "coords")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import Interrupt, Keep, stop_after
 
 from trainers.config import make_config, pack_key, pack_problem
 from trainers.data import augment_batch
@@ -16,25 +17,13 @@ from trainers.train import run_trial
 FAST = dict(epochs=3, warmup_epochs=1, alpha_grid=3, ensemble_samples=2, checkpoint_every=1)
 
 
-class Keep(FolderSink):
-    """Keeps the last checkpointed state in memory."""
-
-    def __init__(self, root):
-        super().__init__(root, trial_key="k")
-        self.state = None
-
-    def progress(self, row, state):
-        if state is not None:
-            self.state = state
-
-
 @pytest.mark.parametrize("kw", [dict(shape="point"), dict(shape="line", augment=True, model="cnn"),
                                 dict(shape="simplex", endpoints=3, layerwise=True),
                                 dict(method="swa", shape="point", swa_start=1, epochs=4)])
 def test_packed_trials_equal_separate_trials(tmp_path, kw):
     cfgs = [make_config({**FAST, **kw, "seed": s, "label_noise": 0.1 * s, "noise_seed": s}) for s in range(3)]
-    alone_sinks = [Keep(tmp_path / f"a{i}") for i in range(3)]
-    packed_sinks = [Keep(tmp_path / f"p{i}") for i in range(3)]
+    alone_sinks = [Keep() for i in range(3)]
+    packed_sinks = [Keep() for i in range(3)]
     alone = [run_trial(c, s) for c, s in zip(cfgs, alone_sinks, strict=True)]
     packed = run_pack(cfgs, packed_sinks)
     for a, p, sa, sp in zip(alone, packed, alone_sinks, packed_sinks, strict=True):
@@ -50,26 +39,11 @@ def test_packed_trials_equal_separate_trials(tmp_path, kw):
     assert len({r["trials"][0]["label_noise_actual"] for r in packed}) == 3  # each its own noisy labels
 
 
-class Interrupt(Exception):
-    pass
-
-
-class StopAfter(FolderSink):
-    def __init__(self, root, epoch):
-        super().__init__(root, trial_key="k")
-        self.stop = epoch
-
-    def progress(self, row, state):
-        super().progress(row, state)
-        if row["epoch"] == self.stop:
-            raise Interrupt
-
-
 def test_a_pack_resumes_from_its_checkpoints_and_a_packed_checkpoint_resumes_alone(tmp_path):
     cfgs = [make_config({**FAST, "shape": "line", "epochs": 4, "seed": s}) for s in range(2)]
     whole = [run_trial(c) for c in cfgs]
     with pytest.raises(Interrupt):
-        run_pack(cfgs, [FolderSink(tmp_path / "0", trial_key="k"), StopAfter(tmp_path / "1", 2)])
+        run_pack(cfgs, [FolderSink(tmp_path / "0", trial_key="k"), stop_after(tmp_path / "1", 2)])
     states = [load_state(tmp_path / str(i) / "checkpoints" / "k.pt") for i in range(2)]
     assert [s["epoch"] for s in states] == [2, 2]
     resumed = run_pack(cfgs, resumes=states)

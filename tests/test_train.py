@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import Interrupt, stop_after
 
 import analysis
 from trainers.config import ConfigError, make_config
@@ -56,23 +57,6 @@ def test_same_config_and_seed_give_the_same_numbers():
     assert [e["nll"] for e in a["evals"]] != [e["nll"] for e in c["evals"]]
 
 
-class Interrupt(Exception):
-    pass
-
-
-class StopAfter(FolderSink):
-    """A sink that saves checkpoints like the default one, then fails the trial after `epoch`."""
-
-    def __init__(self, root, epoch):
-        super().__init__(root, trial_key="k")
-        self.stop = epoch
-
-    def progress(self, row, state):
-        super().progress(row, state)
-        if row["epoch"] == self.stop:
-            raise Interrupt
-
-
 @pytest.mark.parametrize("kw", [dict(shape="line", model="cnn", augment=True),
                                 dict(shape="simplex", endpoints=3, layerwise=True, optimizer="adam", lr=1e-3,
                                      dropout=0.1, epoch_predictions=True, weight_projection=8)])
@@ -80,7 +64,7 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path, kw):
     cfg = make_config({**FAST, "epochs": 4, "warmup_epochs": 1, **kw})
     whole = run_trial(cfg)
     with pytest.raises(Interrupt):
-        run_trial(cfg, StopAfter(tmp_path, 2))
+        run_trial(cfg, stop_after(tmp_path, 2))
     state = load_state(tmp_path / "checkpoints" / "k.pt")  # weights_only=True
     assert state["epoch"] == 2
     resumed = run_trial(cfg, resume=state)
