@@ -597,6 +597,9 @@ def cmd_validate(args: Any) -> int:
         from orchestrator.preflight import check
 
         check(sweep)
+    from orchestrator.packing import pack_size
+
+    pack_size(sweep)  # a packing, or a share of a GPU, that cannot fit: refused as `basin run` would
     try:
         print(describe(sweep, args.show), flush=True)
     except BrokenPipeError:  # `basin validate X | head -1`: the reader has all it wants; end quietly

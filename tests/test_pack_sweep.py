@@ -13,7 +13,7 @@ from conftest import TINY, assert_mirror_matches_parquet, write_sweep
 
 from analysis.load import load, read_arrow
 from orchestrator import packing
-from orchestrator.cli import UserError
+from orchestrator.cli import UserError, main
 from orchestrator.runner import run_sweep
 from orchestrator.store import Store
 from orchestrator.sweep import load_sweep
@@ -84,7 +84,7 @@ retries: 1
     assert_mirror_matches_parquet(sweep.mlflow, sweep)
 
 
-def test_a_packing_that_cannot_fit_is_refused_before_anything_starts(tmp_path):
+def test_a_packing_that_cannot_fit_is_refused_before_anything_starts(tmp_path, capsys):
     from trainers.pack import footprint
 
     base = {"model": "cresnet20", "width": 16, "dataset": "synthetic_cifar10", "shape": "line", "batch_size": 128}
@@ -101,6 +101,7 @@ def test_a_packing_that_cannot_fit_is_refused_before_anything_starts(tmp_path):
     assert "\n" not in msg and msg.startswith(f"{big.path}: pack: {fit + 1} trials of cresnet20")
     assert msg.endswith(f"at most {fit} fit") and "resources.memory 2 GiB" in msg
     assert not Path(big.dir).exists()                                   # nothing written
+    assert main(["validate", big.path]) == 2 and msg in capsys.readouterr().err  # validate says the same
     # auto: one per CPU trial (packing does not pay on CPUs); with a GPU's memory, as many as fit
     assert packing.pack_size(load_sweep(sweep_file(tmp_path, "auto", body + "pack: auto\n", base))) == 1
     gpu = load_sweep(sweep_file(tmp_path, "gpu", body.replace("{memory: 2}", "{gpus: 1, gpu_memory: 2}")

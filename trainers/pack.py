@@ -189,7 +189,6 @@ def run_pack(cfgs: list[TrialConfig], sinks: list[Sink | None] | None = None,
     return out
 
 
-GiB = 2 ** 30
 # Images in each data set's training split (the most a trial keeps on its device)
 TRAIN_SIZES = {"digits": 1797, "mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000,
                "svhn": 73_257, "tiny_imagenet": 100_000, "synthetic_cifar10": 50_000}
