@@ -179,6 +179,9 @@ AUGMENT = {"cifar10": "crop_flip", "cifar100": "crop_flip", "svhn": "crop",  # n
 INPUT_SHAPES = {"digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10), "fashion_mnist": ((1, 28, 28), 10),
                 "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100), "svhn": ((3, 32, 32), 10),
                 "tiny_imagenet": ((3, 64, 64), 200), "synthetic_cifar10": ((3, 32, 32), 10)}
+# Images in each data set's training split (the most a trial keeps on its device: the packing check)
+TRAIN_SIZES = {"digits": 1797, "mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000,
+               "svhn": 73_257, "tiny_imagenet": 100_000, "synthetic_cifar10": 50_000}
 
 
 def noisy_labels(y: torch.Tensor, rate: float, classes: int, seed: int) -> torch.Tensor:

@@ -189,11 +189,6 @@ def run_pack(cfgs: list[TrialConfig], sinks: list[Sink | None] | None = None,
     return out
 
 
-# Images in each data set's training split (the most a trial keeps on its device)
-TRAIN_SIZES = {"digits": 1797, "mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000,
-               "svhn": 73_257, "tiny_imagenet": 100_000, "synthetic_cifar10": 50_000}
-
-
 def footprint(cfg: TrialConfig) -> tuple[int, int]:
     """Estimated bytes of device memory of one trial in a pack, and of the data its pack shares.
 
@@ -212,5 +207,5 @@ def footprint(cfg: TrialConfig) -> tuple[int, int]:
         net(torch.empty(cfg.batch_size, c, h, w))
     n_params = sum(p.numel() for p in net.parameters())
     per_trial = (3 * cfg.n_points + 2) * n_params * 4 + 2 * sum(sizes) * dtype_bytes
-    shared = TRAIN_SIZES.get(cfg.dataset, 0) * c * h * w * dtype_bytes
+    shared = datasets.TRAIN_SIZES.get(cfg.dataset, 0) * c * h * w * dtype_bytes
     return per_trial, shared
