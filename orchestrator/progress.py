@@ -218,7 +218,7 @@ class SweepCallback(tune.Callback):
         now = time.monotonic()
         if now - self._last >= self.every:  # Tune steps many times a second: count trials only when printing
             self._last = now
-            self._running = sum(1 for t in trials if t.status == "RUNNING")
+            self._running = sum(len(self._open(t)) for t in trials if t.status == "RUNNING")  # sweep trials
             self.say(self.line())
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:

@@ -484,7 +484,7 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
     except OSError as e:
         raise UserError(f"{sweep.path}: {storage_line(sweep.dir, e)}") from None
     say(f"[{sweep.name}] {len(trials)} trials: {len(done)} completed earlier, {len(pending)} to run"
-        f"{_packs_text(pending, pack)} ({sweep.cpus:g} CPU, {sweep.gpus:g} GPU each)")
+        f"{_packs_text(pending, pack)} ({sweep.cpus:g} CPU, {sweep.gpus:g} GPU each{' pack' if pack > 1 else ''})")
     if not pending:
         summary = Summary(sweep.name, len(trials), len(done), skipped=len(done))
         summary.mlflow_gap = heal_mlflow(sweep, store)

@@ -572,8 +572,8 @@ def describe(sweep: Sweep, show: int = 5) -> str:
     lines = [f"{sweep.path}: ok: sweep {sweep.name!r}, {s['trials']} trials"
              + (f" ({'; '.join(notes)})" if notes else ""),
              f"  axes: {axes}",
-             f"  per trial: {sweep.cpus:g} CPU, {sweep.gpus:g} GPU; at once: "
-             f"{sweep.max_concurrent or 'as many as fit'}; retries: {sweep.retries}",
+             f"  per {'trial' if sweep.pack == 1 else f'pack (pack: {sweep.pack})'}: {sweep.cpus:g} CPU, "
+             f"{sweep.gpus:g} GPU; at once: {sweep.max_concurrent or 'as many as fit'}; retries: {sweep.retries}",
              f"  results: {sweep.dir}",
              f"  mlflow:  {sweep.mlflow or 'off'}",
              f"  tune:    {sweep.storage}"]
