@@ -91,6 +91,18 @@ class StorageStop(tune.Stopper):
         return self.hit
 
 
+def forget_results(trial: Any) -> None:
+    """Drops Ray Tune's in-memory copies of a finished trial's results. Tune keeps every trial of a run to its
+    end, each with its last result, a running min/max/mean and last-5/last-10 deques per numeric metric, JSON
+    copies of these, and a reference to an object in Ray's store that nobody reads: ~80 KB per trial, 0.8 GB
+    of driver memory at 10,000 trials. basin's results are in Parquet and MLflow, and it reads no metric
+    back from Tune (only a failed trial's error, kept here)."""
+    meta = trial.run_metadata
+    meta.last_result, meta.metric_analysis, meta.metric_n_steps = {}, {}, {}
+    trial._default_result_or_future = None  # Tune reads it only to place a trial still running
+    trial.invalidate_json_state()
+
+
 class SweepCallback(tune.Callback):
     """Counts trials, prints `[name] 12/48 done, 2 running, 0 failed, ETA 3m10s` every `every` seconds
     (`12/48 done (1 diverged)`: a diverged trial is done, with its result), and mirrors each trial into
@@ -194,6 +206,7 @@ class SweepCallback(tune.Callback):
                     self.mirror.status(t["key"], "FAILED")
                 continue
             self._finish(t["key"])
+        forget_results(trial)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.retried += 1

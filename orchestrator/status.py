@@ -7,6 +7,8 @@ are still listed."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import socket
@@ -237,6 +239,14 @@ def _merge(store: Store, table: str, files: list[str], rel: str) -> int:
     return rows
 
 
+def give_memory_back() -> None:
+    """Returns the driver's freed heap to the OS (glibc; elsewhere nothing). Reading many small Parquet files
+    parses each footer through malloc: the memory is freed after, but glibc holds it between live objects,
+    so each merge of a long sweep raised the driver's resident memory by ~100 MB for good."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def compact_run(store: Store) -> dict[str, tuple[int, int]]:
     """The end of `basin run`: each table's per-trial files merged into one file (per table, per run), so
     readers open a few files rather than one per trial; {table: (files, rows)} of the tables merged."""
@@ -245,6 +255,7 @@ def compact_run(store: Store) -> dict[str, tuple[int, int]]:
         n, rows = compact_table(store, table, trial_files_only=True)
         if rows:
             out[table] = (n, rows)
+    give_memory_back()
     return out
 
 
