@@ -127,6 +127,7 @@ class SweepCallback(tune.Callback):
         self.started = time.monotonic()
         self._last = 0.0
         self._running = 0
+        self._ended: list[Any] = []            # Tune trials ended since the last step (see forget_results)
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its run config; the mirror holds a thread
         return {}
@@ -206,7 +207,7 @@ class SweepCallback(tune.Callback):
                     self.mirror.status(t["key"], "FAILED")
                 continue
             self._finish(t["key"])
-        forget_results(trial)
+        self._ended.append(trial)  # forgotten at the next step: Tune's own callbacks after this one read it
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.retried += 1
@@ -228,6 +229,9 @@ class SweepCallback(tune.Callback):
                 self.mirror.status(t["key"], "FAILED")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        for trial in self._ended:
+            forget_results(trial)
+        self._ended.clear()
         now = time.monotonic()
         if now - self._last >= self.every:  # Tune steps many times a second: count trials only when printing
             self._last = now

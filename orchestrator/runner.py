@@ -483,6 +483,9 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
         store.write_bytes("sweep.yaml", sweep.text.encode())
     except OSError as e:
         raise UserError(f"{sweep.path}: {storage_line(sweep.dir, e)}") from None
+    earlier = earlier_run_line(store)
+    if earlier:
+        say(f"[{sweep.name}] {earlier}")
     say(f"[{sweep.name}] {len(trials)} trials: {len(done)} completed earlier, {len(pending)} to run"
         f"{_packs_text(pending, pack)} ({sweep.cpus:g} CPU, {sweep.gpus:g} GPU each{' pack' if pack > 1 else ''})")
     if not pending:
@@ -733,6 +736,25 @@ def _fit_stages(sweep: Sweep, pending: list[Trial], mirror: Mirror | None, every
             callback.timings[k] = callback.timings.get(k, 0.0) + v
     callback.failed.update(refused)
     return callback, [r for _, grid in stages for r in grid]
+
+
+def earlier_run_line(store: Store) -> str:
+    """What became of the sweep's last run when it did not record its end ("" when it did): its driver was
+    killed, or lost with its machine or its Ray cluster's head."""
+    from orchestrator.status import last_run, run_state
+
+    run = last_run(store)
+    state = run_state(run)
+    if state not in ("interrupted", "running?"):
+        return ""
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.get("started_at") or 0))
+    if state == "interrupted":
+        lost = f"the run of {when} (pid {run.get('pid')}, on this machine) ended without recording its end"
+    else:
+        lost = (f"the run of {when} on {run.get('host')} did not record its end (if it still runs there, stop it: "
+                "two runs of a sweep train its trials twice)")
+    return (f"{lost}: its driver was killed, or lost with its Ray cluster; its unfinished trials go on from "
+            "their checkpoints")
 
 
 def _record_run(store: Store, stamp: str, record: dict[str, Any]) -> None:

@@ -93,7 +93,7 @@ def last_run(store: Store) -> dict[str, Any] | None:
         return None
 
 
-def _state(run: dict[str, Any] | None) -> str:
+def run_state(run: dict[str, Any] | None) -> str:
     if not run:
         return "-"
     if run.get("state") == "running":
@@ -112,7 +112,7 @@ def _state(run: dict[str, Any] | None) -> str:
 
 def running(run: dict[str, Any] | None) -> bool:
     """Whether a run record is of a `basin run` still alive (on this machine; on another: cannot tell)."""
-    return _state(run) in ("running", "running?")
+    return run_state(run) in ("running", "running?")
 
 
 def sweep_status(folder: str, strict: bool = False) -> dict[str, Any]:
@@ -127,7 +127,7 @@ def sweep_status(folder: str, strict: bool = False) -> dict[str, Any]:
     return {"sweep": folder.rstrip("/").rpartition("/")[2], "folder": folder, "completed": completed,
             "diverged": diverged, "failed": failed, "total": len(keys) if sweep else None,
             "attempts": sum(r["ended"] for r in status.values()),
-            "state": _state(run), "last_run": run.get("started_at") if run else None,
+            "state": run_state(run), "last_run": run.get("started_at") if run else None,
             "mlflow": sweep.mlflow if sweep else "", "mlflow_gap": (run or {}).get("mlflow_gap", "")}
 
 

@@ -5,14 +5,21 @@ MLflow run. The driver is orchestrator.runner.run_sweep, as `basin run --address
 
 from __future__ import annotations
 
+import glob
 import json
+import re
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import psutil
 import pytest
+from conftest import ROOT, TINY, assert_mirror_matches_parquet, end_group, runs_by_key, write_sweep
 
 EPOCHS = 30
 SWEEP = f"""\
@@ -26,20 +33,15 @@ retries: 3
 """
 
 
-@pytest.fixture
-def cluster(tmp_path, monkeypatch):
-    """Head (no GPU) + two workers (2 CPUs, 1 fake GPU each), all on 127.0.0.1, with token auth; this
-    process is the driver. Cluster.shutdown ends exactly the processes it started."""
-    import ray
+def loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every node and driver on 127.0.0.1, with this test's own auth token."""
     import ray._private.ray_constants as ray_constants
-    from ray.cluster_utils import Cluster
+    from ray._raylet import AuthenticationTokenLoader
 
     # Ray rewrites a 127.0.0.1 address to the machine's outward IP before connecting; this is its switch
     # (read at import, hence the attribute too) for keeping every node and the driver on loopback.
     monkeypatch.setenv(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, "0")
     monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
-    from ray._raylet import AuthenticationTokenLoader
-
     # This cluster's own token; Ray caches the token per process, so reload it here and after the test.
     token = tmp_path / "auth_token"
     token.write_text(secrets.token_hex(32))
@@ -48,9 +50,25 @@ def cluster(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     AuthenticationTokenLoader.instance().reset_cache()
+
+
+def head(num_cpus: int = 1) -> Any:
+    from ray.cluster_utils import Cluster
+
+    return Cluster(initialize_head=True, head_node_args={"num_cpus": num_cpus, "num_gpus": 0,
+                                                          "node_ip_address": "127.0.0.1", "include_dashboard": False})
+
+
+@pytest.fixture
+def cluster(tmp_path, monkeypatch):
+    """Head (no GPU) + two workers (2 CPUs, 1 fake GPU each), all on 127.0.0.1, with token auth; this
+    process is the driver. Cluster.shutdown ends exactly the processes it started."""
+    import ray
+    from ray._raylet import AuthenticationTokenLoader
+
+    loopback(tmp_path, monkeypatch)
     assert not ray.is_initialized()
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "node_ip_address": "127.0.0.1",
-                                                      "include_dashboard": False})
+    c = head()
     workers = [c.add_node(num_cpus=2, num_gpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
     c.wait_for_nodes()
     ray.init(address=c.address)
@@ -164,3 +182,89 @@ def test_trials_spread_and_survive_a_lost_worker(cluster, tmp_path):
     # filled in from the finished trial's final report
     for k in moved:
         assert steps[k] == list(range(1, EPOCHS + 1)), (k, steps[k], attempts[k])
+
+
+@pytest.mark.timeout(400)
+def test_head_restart_resumes_the_sweep(tmp_path, monkeypatch):
+    """The head node is lost mid-sweep (a spot instance reclaimed): its GCS, raylet and the trial running on it
+    end, and the driver (`basin run --address`, as a cluster job runs it) exits. A new head comes up and the
+    same command against it resumes: finished trials do not run again, the interrupted one continues from
+    its checkpoint in the results folder, every trial is in Parquet exactly once, and MLflow (healed) holds
+    one complete run per trial."""
+    from ray._raylet import AuthenticationTokenLoader
+
+    from analysis.load import load, read_arrow
+    from orchestrator.store import Store
+    from orchestrator.sweep import load_sweep
+
+    loopback(tmp_path, monkeypatch)
+    # A driver notices a lost head when its reconnection window ends (Ray's default: 60 s).
+    monkeypatch.setenv("RAY_gcs_rpc_server_reconnect_timeout_s", "5")
+    path = write_sweep(tmp_path, f"name: headless\nbase: {json.dumps({**TINY, 'shape': 'line', 'epochs': 25})}\n"
+                                 f"results: {tmp_path / 'results'}\naxes:\n  seed: [0, 1, 2, 3, 4]\n"
+                                 "max_concurrent: 1\n")
+    sweep = load_sweep(path)
+    folder, keys = sweep.dir, [t.key for t in sweep.trials]
+
+    def basin_run(address: str, log: Path) -> subprocess.Popen:
+        with open(log, "wb") as out:
+            return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(path), "--address", address,
+                                     "--every", "1", "--no-report"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+
+    first = head(num_cpus=2)
+    proc = basin_run(first.address, tmp_path / "first.log")
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # files stay once written: this waits on files
+            done = {Path(p).name.split("-")[0] for p in glob.glob(f"{folder}/trials/*.parquet")}
+            ckpt = {Path(p).stem for p in glob.glob(f"{folder}/checkpoints/*.pt")}
+            if len(done) >= 2 and ckpt - done:
+                break
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()
+            time.sleep(0.02)
+        else:
+            pytest.fail("the sweep did not get far enough:\n" + (tmp_path / "first.log").read_text())
+        trial_procs = [p for p in psutil.Process(first.head_node.all_processes["raylet"][0].process.pid)
+                       .children(recursive=True)]
+        first.remove_node(first.head_node)  # GCS, raylet and the rest of the head, by their pids
+        rc = proc.wait(120)
+        _, alive = psutil.wait_procs(trial_procs, timeout=60)
+        assert not alive, [p.name() for p in alive]
+    finally:
+        end_group(proc, grace=0)
+        first.shutdown()
+    log = (tmp_path / "first.log").read_text()
+    assert rc != 0, log
+    done = {Path(p).name.split("-")[0] for p in glob.glob(f"{folder}/trials/*.parquet")}
+    store = Store(folder)
+    markers = {k: store.attempts(k) for k in keys}
+    interrupted = [k for k in keys if markers[k] and k not in done]
+    assert 2 <= len(done) < 5 and len(interrupted) == 1, (done, markers)
+
+    second = head(num_cpus=2)
+    try:
+        proc = basin_run(second.address, tmp_path / "second.log")
+        assert proc.wait(240) == 0, (tmp_path / "second.log").read_text()
+        log = (tmp_path / "second.log").read_text()
+        assert re.search(r"\[headless\] the run of [-0-9: ]+ \(pid \d+, on this machine\) ended without recording "
+                         "its end: its driver was killed, or lost with its Ray cluster; its unfinished trials go on "
+                         "from their checkpoints\n", log), log
+        assert f"[headless] 5 trials: {len(done)} completed earlier, {5 - len(done)} to run" in log
+    finally:
+        end_group(proc, grace=0)
+        second.shutdown()
+        monkeypatch.undo()
+        AuthenticationTokenLoader.instance().reset_cache()
+    for k in done:  # finished trials did not run again
+        assert store.attempts(k) == markers[k]
+    completed = Counter(r["trial_key"] for r in read_arrow(folder, "trials", ["trial_key", "status"]).to_pylist()
+                        if r["status"] == "completed")
+    assert completed == Counter(keys)  # every trial exactly once (raw rows, not analysis.load's dedup)
+    (key,) = interrupted
+    resumed = store.attempts(key)[-1]
+    assert resumed["attempt"] == 1 and resumed["checkpoint"] == "results" and resumed["resumed_from_epoch"] >= 1
+    epochs = load(folder).epochs
+    assert list(epochs[epochs.trial_key == key].epoch) == list(range(1, 26))
+    assert sorted(len(v) for v in runs_by_key(sweep.mlflow, sweep.name).values()) == [1] * 5
+    assert_mirror_matches_parquet(sweep.mlflow, sweep)
