@@ -20,7 +20,7 @@ import pyarrow.fs as pafs
 from analysis.load import Results, load
 from analysis.page import write_html
 from analysis.sections import SECTIONS, Context, Item, Section
-from analysis.trials import caption, select
+from analysis.trials import caption, select, untrained
 from trainers.folder import filesystem
 from trainers.schema import FINAL_STATUSES
 
@@ -88,9 +88,12 @@ def build_report(results: str | Results, out: str | Path, hue: str | None = None
             all_trials = trials[trials["sweep"] == sweep]
             failed = int((~all_trials["status"].isin(FINAL_STATUSES)).sum())
             n_div = int((all_trials["status"] == "diverged").sum())
+            n_chance = int(untrained(all_trials).sum())
             rep.summary = caption(view.trials) + (f" · {failed} failed trial(s) not shown" if failed else "") \
-                + (f" · {n_div} diverged trial(s) excluded from every mean (listed under Diverged trials)"
-                   if n_div else "")
+                + (f" · {n_div} diverged trial(s) excluded from every mean (listed under Diverged or untrained "
+                   "trials)" if n_div else "") \
+                + (f" · {n_chance} trial(s) finished at chance, kept in the means (listed under Diverged or "
+                   "untrained trials)" if n_chance else "")
             if view.trials.empty:
                 rep.items.append(Item("table", "all", "Everything", skipped="no completed trials"))
                 reports.append(rep)

@@ -20,7 +20,7 @@ import pandas as pd
 from analysis import calibration, compare, corruptions, diversity, ensembles, landscape, patterns, plots, probes, tables
 from analysis.predictions import Probs, load_core
 from analysis.tables import Table
-from analysis.trials import caption, fmt_value, label, setting_axes, with_groups
+from analysis.trials import caption, fmt_value, label, setting_axes, untrained, with_groups
 
 
 @dataclass
@@ -413,26 +413,37 @@ def landscapes(ctx: Context) -> None:
         s[s["group"].isin(keep)].sort_values("group", key=ctx.panel_order, kind="stable"), cap, note=cut), table, cut)
 
 
-def diverged(ctx: Context) -> None:
-    """The sweep's trials whose training loss went non-finite: listed, and left out of everything else (the
-    view holds completed trials only). No item when none diverged."""
+def diverged_or_untrained(ctx: Context) -> None:
+    """The sweep's trials that learned nothing: those whose training loss went non-finite (diverged: left out of
+    everything else, the view holds completed trials only) and those that completed with a finite loss but a
+    test accuracy at chance (trials.at_chance: a real result, kept in the means). No item when there are none."""
     everything = ctx.view.base.trials
-    d = everything[(everything["status"] == "diverged")
-                   & everything["sweep"].isin(set(ctx.trials["sweep"]))] if len(everything) else everything
+    if everything.empty:
+        return
+    mine = everything["sweep"].isin(set(ctx.trials["sweep"]))
+    diverged = everything["status"] == "diverged"
+    chance = untrained(everything)
+    d = everything[mine & (diverged | chance)]
     if d.empty:
         return
-    cols = [c for c in ("name", "diverged_epoch", "epochs", "method", "shape", "optimizer", "lr", "seed", "trial_key")
-            if c in d]
-    data = d[cols].sort_values(["diverged_epoch", "name"]).reset_index(drop=True)
-    cap = caption(d, "non-finite training loss; excluded from every mean, figure and table of this report")
-    ctx.table(tables.simple_table("diverged", f"Diverged trials ({len(d)})", cap, data,
-                                  data.set_index("name") if "name" in data else data))
+    d = d.assign(outcome=["diverged" if s == "diverged" else "at chance" for s in d["status"]])
+    cols = [c for c in ("name", "outcome", "diverged_epoch", "chance_accuracy", "epochs", "method", "shape",
+                        "optimizer", "lr", "seed", "trial_key") if c in d]
+    data = d[cols].sort_values(["outcome", "diverged_epoch", "name"]).reset_index(drop=True)
+    n_div, n_chance = int((d["outcome"] == "diverged").sum()), int((d["outcome"] == "at chance").sum())
+    cap = caption(d, "diverged: non-finite training loss, excluded from every mean, figure and table of this "
+                     "report; at chance: finite loss but main-point test accuracy no better than chance (the "
+                     "most common test class's share, chance_accuracy) plus 5% of the way to perfect, kept in them")
+    ctx.table(tables.simple_table("diverged", f"Diverged or untrained trials ({n_div} diverged, {n_chance} at "
+                                  "chance)", cap, data, (data.set_index("name") if "name" in data else data)
+                                  .round(4).astype(object).fillna("")))  # no "nan" epoch for a trial at chance
 
 
 SECTIONS: list[Section] = [
-    Section("diverged", "Diverged trials", diverged,
+    Section("diverged", "Diverged or untrained trials", diverged_or_untrained,
             "Trials whose training loss became NaN or infinite: they stopped at that epoch (their epochs rows are "
-            "kept) and are excluded from the means below."),
+            "kept) and are excluded from the means below. Trials that finished at chance (a finite loss, but a "
+            "test accuracy no better than always answering the most common class): kept in the means."),
     Section("results", "Main results", results,
             "Accuracy and ECE at each trial's main point by label noise, and the best-of-an-axis baselines."),
     Section("forms", "Standard, line, layer-wise line, curve", forms),

@@ -224,6 +224,12 @@ def with_groups(trials: pd.DataFrame, replicate: Iterable[str] = REPLICATE) -> p
     return t
 
 
+def untrained(trials: pd.DataFrame) -> pd.Series:
+    """Which trials completed at chance (trials.at_chance; null in results written before the column)."""
+    flag = trials["at_chance"].eq(True) if "at_chance" in trials else pd.Series(False, index=trials.index)
+    return trials["status"].eq("completed") & flag
+
+
 def caption(trials: pd.DataFrame, what: str = "") -> str:
     """'sweep quickstart · 6 trials · 2 seeds' for the trials a figure or table summarises."""
     sweeps = sorted(trials["sweep"].unique()) if len(trials) else []

@@ -105,8 +105,9 @@ def forget_results(trial: Any) -> None:
 
 class SweepCallback(tune.Callback):
     """Counts trials, prints `[name] 12/48 done, 2 running, 0 failed, ETA 3m10s` every `every` seconds
-    (`12/48 done (1 diverged)`: a diverged trial is done, with its result), and mirrors each trial into
-    MLflow (a diverged trial's run: FINISHED, tags basin.status=diverged and basin.diverged_epoch). A Tune
+    (`12/48 done (1 diverged, 2 at chance)`: a diverged trial is done, with its result; one at chance completed
+    but learned nothing), and mirrors each trial into MLflow (a diverged trial's run: FINISHED, tags
+    basin.status=diverged and basin.diverged_epoch; one at chance: tag basin.at_chance=true). A Tune
     trial is one sweep trial or a pack of them (its members: packing.members); results name their trial
     (`trial_key`), so each member has its own MLflow run."""
 
@@ -119,6 +120,7 @@ class SweepCallback(tune.Callback):
         self.done: set[str] = set()
         self.failed: dict[str, str] = {}       # trial key -> one-line error of its last attempt
         self.diverged: dict[str, int] = {}     # trial key -> the epoch its training loss went non-finite
+        self.at_chance: set[str] = set()       # trial keys that completed with test accuracy at chance
         self.stopped = ""                      # the line of the storage fault that stopped the sweep
         self.retried = 0
         self.attempt: dict[str, int] = {}      # trial key -> attempt seen in its latest results
@@ -172,6 +174,11 @@ class SweepCallback(tune.Callback):
             name = next((m["name"] for m in members(self._trial(trial)) if m["key"] == key), key)
             self.say(f"[{self.name}] {name}: diverged at epoch {self.diverged[key]} (non-finite training "
                      "loss); its epochs rows are kept, not retried")
+        if kind == "final" and result.get("at_chance"):
+            self.at_chance.add(key)
+            name = next((m["name"] for m in members(self._trial(trial)) if m["key"] == key), key)
+            self.say(f"[{self.name}] {name}: finished at chance (test accuracy {result['test_accuracy']:.3f}, "
+                     f"chance {result['chance_accuracy']:.3f}; finite loss): check its learning rate")
         if kind == "final":
             self.timings["trial_s"] += float(result.get("seconds") or 0.0)
             for k, v in (result.get("io") or {}).items():
@@ -190,6 +197,8 @@ class SweepCallback(tune.Callback):
                 self.mirror.metrics(key, values, step=step)
             status = {"basin.status": "diverged", "basin.diverged_epoch": self.diverged[key]} \
                 if key in self.diverged else {"basin.status": "completed"}
+            if key in self.at_chance:
+                status["basin.at_chance"] = "true"
             self.mirror.tags(key, {**status, "basin.seconds": f"{result.get('seconds', 0):.1f}"})
         if kind == "final":  # its rows are written: done, even if its pack goes on
             self._finish(key)
@@ -245,7 +254,9 @@ class SweepCallback(tune.Callback):
     def line(self) -> str:
         done, failed = len(self.done), len(self.failed)
         left = self.total - done - failed
-        diverged = f" ({len(self.diverged)} diverged)" if self.diverged else ""
+        flagged = ", ".join(f"{n} {what}" for n, what in ((len(self.diverged), "diverged"),
+                                                           (len(self.at_chance), "at chance")) if n)
+        diverged = f" ({flagged})" if flagged else ""
         elapsed = time.monotonic() - self.started
         eta = f"ETA {fmt_seconds(elapsed / done * left)}" if done and left else ("ETA ?" if left else "")
         skipped = f" (+{self.skipped} from earlier runs)" if self.skipped else ""

@@ -35,7 +35,7 @@ from orchestrator.sync import heal, record_sync, sweep_mirror
 from orchestrator.tracking import Mirror, eval_metrics, probe_metrics, summary_metrics
 from trainers.config import TrialConfig
 from trainers.folder import unreadable
-from trainers.schema import FINAL_STATUSES, TABLES
+from trainers.schema import FINAL_STATUSES, TABLES, main_test_accuracy
 
 POINTER_FILE = "basin_checkpoint.json"
 STORAGE_ERROR = "storage_error"  # the report kind of a trial that found the results folder full or read-only
@@ -180,6 +180,8 @@ class TuneSink:
                                step=self.epochs)
         self._report("final", final_epoch=self.epochs, seconds=trial.get("seconds"),
                      status=trial.get("status"), diverged_epoch=trial.get("diverged_epoch"),
+                     at_chance=trial.get("at_chance"), chance_accuracy=trial.get("chance_accuracy"),
+                     test_accuracy=main_test_accuracy(tables.get("evals", []), trial.get("main_point") or ""),
                      finished_at=trial.get("finished_at"), io=dict(self.io),
                      metrics=[list(m) for m in metrics]
                      + [[k, v, self.epochs] for k, v in probe_metrics(tables.get("probes", [])).items()])
@@ -343,6 +345,7 @@ class Summary:
     ran: int = 0                           # trials started by this run
     failed: dict[str, str] = field(default_factory=dict)  # trial name -> error
     diverged: dict[str, int] = field(default_factory=dict)  # trial name -> the epoch its loss went non-finite
+    at_chance: dict[str, float] = field(default_factory=dict)  # completed trial name -> its test set's chance
     seconds: float = 0.0
     mlflow_gap: str = ""
     report: str = ""                       # the report's index.html ("" when none was made)
@@ -535,6 +538,8 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
     completed = sum(1 for t in trials if status.get(t.key, {}).get("status") == "completed")
     diverged = {t.name: int(status[t.key].get("diverged_epoch") or 0) for t in trials
                 if status.get(t.key, {}).get("status") == "diverged"}
+    at_chance = {t.name: status[t.key].get("chance_accuracy") or 0.0 for t in trials
+                 if status.get(t.key, {}).get("status") == "completed" and status[t.key].get("at_chance")}
     by_key = {t.key: t.name for t in trials}
     failed = {by_key[k]: e for k, e in callback.failed.items()
               if status.get(k, {}).get("status") not in FINAL_STATUSES}
@@ -546,7 +551,8 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool = False, nu
             if by_key.get(key) not in failed and status.get(key, {}).get("status") not in FINAL_STATUSES:
                 failed[by_key[key]] = error_text(r.error)
     summary = Summary(sweep.name, len(trials), completed, skipped=len(done), ran=len(pending), failed=failed,
-                      diverged=diverged, seconds=seconds, timings=dict(callback.timings), stopped=callback.stopped)
+                      diverged=diverged, at_chance=at_chance, seconds=seconds, timings=dict(callback.timings),
+                      stopped=callback.stopped)
     if summary.stopped:
         store.clean_partial()
     elif compact:
@@ -780,12 +786,18 @@ def _record_run(store: Store, stamp: str, record: dict[str, Any]) -> None:
 def _report(sweep: Sweep, s: Summary) -> None:
     say(f"[{sweep.name}] {s.completed}/{s.total} trials completed"
         + (f" ({s.skipped} in earlier runs)" if s.skipped else "")
+        + (f", {len(s.at_chance)} of them at chance" if s.at_chance else "")
         + (f", {len(s.diverged)} diverged" if s.diverged else "")
         + f", {len(s.failed)} failed, this run took {s.seconds:.0f}s")
     for name, epoch in list(s.diverged.items())[:20]:
         say(f"  diverged: {name}: non-finite training loss at epoch {epoch} (its epochs rows are kept)")
     if len(s.diverged) > 20:
         say(f"  ... and {len(s.diverged) - 20} more (see the trials table, status == 'diverged')")
+    for name, chance in list(s.at_chance.items())[:20]:
+        say(f"  at chance: {name}: test accuracy no better than chance ({chance:.3f}) with a finite loss: "
+            "check its learning rate (kept in means)")
+    if len(s.at_chance) > 20:
+        say(f"  ... and {len(s.at_chance) - 20} more (see the trials table, at_chance == True)")
     for name, err in list(s.failed.items())[:20]:
         say(f"  failed: {name}: {err}")
     if len(s.failed) > 20:

@@ -75,7 +75,8 @@ class Store(Folder):
 
     def trial_status(self) -> dict[str, dict[str, Any]]:
         """Per trial key: the chosen attempt's status and attempt number, and how many attempts ended."""
-        t = self.read_arrow("trials", ["trial_key", "attempt", "status", "finished_at", "diverged_epoch"]).to_pylist()
+        t = self.read_arrow("trials", ["trial_key", "attempt", "status", "finished_at", "diverged_epoch",
+                                     "at_chance", "chance_accuracy"]).to_pylist()
         out: dict[str, dict[str, Any]] = {}
         for row in sorted(t, key=lambda r: (r["status"] in FINAL_STATUSES, r["attempt"])):
             prev = out.get(row["trial_key"], {})

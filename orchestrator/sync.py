@@ -81,7 +81,7 @@ class Healed:
 def _chosen(store: Store) -> dict[str, dict[str, Any]]:
     """Per trial key, the trials row of its chosen attempt (the latest completed one, else the latest)."""
     cols = ["trial_key", "attempt", "status", "error", "started_at", "finished_at", "seconds", "main_point",
-            "main_ensemble", "diverged_epoch"]
+            "main_ensemble", "diverged_epoch", "at_chance"]
     out: dict[str, dict[str, Any]] = {}
     for r in sorted(store.read_arrow("trials", cols).to_pylist(),
                     key=lambda r: (r["status"] in FINAL_STATUSES, r["attempt"])):
@@ -179,6 +179,8 @@ def heal(sweep: Sweep, uri: str, say: Any = print) -> Healed:
                 tags.update({"basin.epochs_logged": n_epochs, "basin.seconds": f"{row['seconds'] or 0:.1f}"})
                 if row["status"] == "diverged":
                     tags["basin.diverged_epoch"] = int(row["diverged_epoch"] or 0)
+                if row["at_chance"]:
+                    tags["basin.at_chance"] = "true"
             else:
                 tags["basin.last_error"] = (row["error"] or "")[:300]
             mirror.tags(t.key, tags)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyarrow as pa
 
 from trainers.config import FIELDS
@@ -25,7 +27,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("started_at", pa.float64()), ("finished_at", pa.float64()), ("seconds", pa.float64()),
         ("ran_on", pa.string()), ("n_params", pa.int64()), ("label_noise_actual", pa.float64()),
         ("main_point", pa.string()), ("main_ensemble", pa.string()), ("best_epoch", pa.int32()),
-        ("diverged_epoch", pa.int32()), ("compile_seconds", pa.float64()),
+        ("diverged_epoch", pa.int32()), ("at_chance", pa.bool_()), ("chance_accuracy", pa.float64()),
+        ("compile_seconds", pa.float64()),
         ("corruption_generator", pa.string()),
         ("extra", pa.string()), ("config_json", pa.string()),
     ] + _config_columns()),
@@ -63,3 +66,25 @@ SCHEMAS: dict[str, pa.Schema] = {
     ]),
 }
 TABLES = tuple(SCHEMAS)
+
+
+# A trial "at chance" is within this share of the way from chance to perfect accuracy: a network stuck on one
+# class or guessing lands a point or two off chance (test-set noise, a second class hit by luck), while one that
+# learned anything is far above it (digits: 0.1 against 0.9+).
+AT_CHANCE_MARGIN = 0.05
+
+
+def at_chance(accuracy: float, chance: float) -> bool:
+    """Whether a trial learned nothing: its main point's test accuracy is no better than chance plus 5% of the
+    way from chance to perfect. `chance` is the share of the most common test class (what a constant predictor
+    gets), so a skewed test set raises the bar. A finite loss can hide this (an absurd learning rate that
+    pins the network to one class); such a trial is still a result (status completed, kept in means), flagged
+    in trials.at_chance so the researcher sees it."""
+    return accuracy <= chance + AT_CHANCE_MARGIN * (1.0 - chance)
+
+
+def main_test_accuracy(evals: list[dict[str, Any]], main: str) -> float | None:
+    """The clean test accuracy of the point (or ensemble) named `main` (trials.main_point) among a trial's
+    evals rows; None when there is none."""
+    return next((r["accuracy"] for r in evals
+                 if main and r["point"] == main and r["split"] == "test" and not r.get("corruption")), None)

@@ -25,6 +25,7 @@ from trainers.methods.base import Method, Step, lr_factor, recompute_bn
 from trainers.metrics import classification_metrics
 from trainers.results import Sink, trial_row
 from trainers.samplers import SAMPLED_BY_FIT, Trajectory
+from trainers.schema import at_chance, main_test_accuracy
 
 __all__ = ["Run", "lr_factor", "make_optimizer", "pick_device", "projection", "recompute_bn", "run_trial"]
 
@@ -69,6 +70,11 @@ def better(metric: str, value: float, best: dict[str, Any] | None) -> bool:
     if best is None:
         return True
     return value > best["value"] if metric == "accuracy" else value < best["value"]
+
+
+def chance_accuracy(labels: torch.Tensor) -> float | None:
+    """The accuracy of always predicting the most common class of `labels` (None for no labels)."""
+    return float(torch.bincount(labels.long().cpu()).max()) / len(labels) if len(labels) else None
 
 
 def resident(d: datasets.Data, cfg: TrialConfig) -> datasets.Data:
@@ -217,6 +223,8 @@ class Run:
         """The final evaluation and the trials row; the sink gets every row of the trial."""
         cfg, method = self.cfg, self.method
         status, error = "completed", ""
+        chance = chance_accuracy(self.data.test_y)
+        untrained: bool | None = False  # a diverged trial is not "at chance": it has no final evaluation
         if self.diverged_at:
             status, error = "diverged", f"non-finite training loss at epoch {self.diverged_at}"
         else:
@@ -225,13 +233,15 @@ class Run:
             self.records["evals"] += evals
             self.records["predictions"] += preds
             self.records["probes"] = probes(cfg, method, self.data, cfg.epochs)
+            acc = main_test_accuracy(evals, method.main)
+            untrained = None if acc is None or chance is None else at_chance(acc, chance)
         finished = time.time()
         self.records["trials"] = [trial_row(
             cfg.to_dict(), name="", status=status, error=error, started_at=self.started, finished_at=finished,
             seconds=self.prior + finished - self.started, ran_on=str(self.device), n_params=method.sub.n_params,
             label_noise_actual=self.data.noise_actual, main_point=method.main, main_ensemble=method.ensemble,
             best_epoch=self.best["epoch"] if self.best else None, diverged_epoch=self.diverged_at or None,
-            compile_seconds=self.compile_seconds,
+            at_chance=untrained, chance_accuracy=chance, compile_seconds=self.compile_seconds,
             corruption_generator=self.corrupted.record if self.corrupted else "")]
         if self.sink is not None:
             self.sink.finish(self.records)
