@@ -61,6 +61,12 @@ class _OneLine(logging.Filter):
         return True
 
 
+# Trials (or packs) per Ray Tune run: Tune holds every trial of a run in the driver until the run ends
+# (~30 KB each, after progress.forget_results), so a long sweep runs as consecutive Tune runs of this many;
+# each boundary waits for the run's last trials, a small price at this size.
+TUNE_CHUNK = 2000
+
+
 def say(msg: str) -> None:
     print(msg, flush=True)
 
@@ -607,6 +613,7 @@ def _fit(sweep: Sweep, pending: list[Trial], mirror: Mirror | None, every: float
 
     from orchestrator.feeder import Feeder
     from orchestrator.progress import StorageStop, SweepCallback
+    from orchestrator.status import give_memory_back
     from orchestrator.ui import GROUP_TAG
 
     runs = {t.key: (t.title, {GROUP_TAG: t.group, **dict(t.axes)}) for t in pending}
@@ -615,28 +622,35 @@ def _fit(sweep: Sweep, pending: list[Trial], mirror: Mirror | None, every: float
     resources = {"cpu": sweep.cpus, "gpu": sweep.gpus, **({"memory": sweep.memory * 2 ** 30} if sweep.memory else {})}
     trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), resources)
     params = [packing.unit_param(u) for u in packing.units(pending, pack)]
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=Feeder(params),
-            num_samples=len(params),
-            max_concurrent_trials=sweep.max_concurrent or None,
-            scheduler=FIFOScheduler(),  # no early stopping: it would bias seed statistics
-            reuse_actors=True,
-            trial_name_creator=trial_name,
-            trial_dirname_creator=trial_dirname,
-        ),
-        run_config=tune.RunConfig(
-            name=f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=sweep.storage,
-            failure_config=tune.FailureConfig(max_failures=sweep.retries),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # pointers: see TuneSink
-            callbacks=[callback],
-            stop=StorageStop(),
-            verbose=0,
-        ),
-    )
-    grid = tuner.fit()
+    name = f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    grid: list[Any] = []
+    for i in range(0, len(params), TUNE_CHUNK):
+        chunk = params[i:i + TUNE_CHUNK]
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=Feeder(chunk),
+                num_samples=len(chunk),
+                max_concurrent_trials=sweep.max_concurrent or None,
+                scheduler=FIFOScheduler(),  # no early stopping: it would bias seed statistics
+                reuse_actors=True,
+                trial_name_creator=trial_name,
+                trial_dirname_creator=trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=name if i == 0 else f"{name}-from{i}",
+                storage_path=sweep.storage,
+                failure_config=tune.FailureConfig(max_failures=sweep.retries),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # pointers: see TuneSink
+                callbacks=[callback],
+                stop=StorageStop(),
+                verbose=0,
+            ),
+        )
+        grid += list(tuner.fit())
+        give_memory_back()  # the Tune run's trials are gone: its heap back to the OS
+        if callback.stopped:
+            break
     say(callback.line())
     return callback, grid
 

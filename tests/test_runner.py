@@ -164,6 +164,36 @@ retries: 1
     assert_mirror_matches_parquet(sweep.mlflow, sweep)
 
 
+def test_a_long_sweep_runs_as_consecutive_tune_runs(ray_local, tmp_path, monkeypatch, capsys):
+    """Tune holds every trial of a run until it ends, so a sweep longer than runner.TUNE_CHUNK runs as several
+    Tune runs (here chunks of 2): one progress count over the whole sweep, every trial once in Parquet (a
+    retried one too) and one complete MLflow run each."""
+    from orchestrator import runner
+
+    monkeypatch.setattr(runner, "TUNE_CHUNK", 2)
+    path = sweep_file(tmp_path, "chunked", """
+axes:
+  case:
+    - {seed: 0}
+    - {seed: 1}
+    - {seed: 2, extra: {basin_fail_at_epoch: 1, basin_fail_attempts: 1}}
+    - {seed: 3}
+    - {seed: 4}
+retries: 1
+""")
+    sweep = load_sweep(path)
+    summary = run_sweep(sweep, every=0, report=False)
+    assert summary.ok and summary.completed == 5
+    assert len([d for d in Path(sweep.storage).iterdir() if d.is_dir()]) == 3  # 2 + 2 + 1
+    out = capsys.readouterr().out
+    assert "[chunked] 5/5 done, 0 running, 0 failed" in out and "/2 done" not in out
+    completed = sorted(r["trial_key"] for r in raw_trials(sweep.dir) if r["status"] == "completed")
+    assert completed == sorted(t.key for t in sweep.trials)
+    assert Store(sweep.dir).attempts(sweep.trials[2].key)[1]["resumed_from_epoch"] == 1
+    assert sorted(len(v) for v in runs_by_key(sweep.mlflow, sweep.name).values()) == [1] * 5
+    assert_mirror_matches_parquet(sweep.mlflow, sweep)
+
+
 def test_unreachable_tracking_server_does_not_fail_the_sweep(ray_local, tmp_path, capsys):
     dead = f"http://127.0.0.1:{free_port()}"
     path = sweep_file(tmp_path, "offline", f"mlflow: {dead}\naxes:\n  seed: [0, 1]\n")
