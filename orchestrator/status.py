@@ -19,14 +19,13 @@ import uuid
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from orchestrator.cli import UserError
 from orchestrator.store import Store
 from orchestrator.sweep import join, parse_sweep
-from trainers.folder import PARQUET_FORMAT, parquet_options
+from trainers.folder import coalesce, parquet_options, scan_batches
 from trainers.schema import SCHEMAS, TABLES
 
 COMPACT_ROW_GROUP_BYTES = 128 << 20
@@ -221,21 +220,20 @@ def compact_table(folder: str | Store, table: str, trial_files_only: bool = Fals
 
 def _merge(store: Store, table: str, files: list[str], rel: str) -> int:
     """Stream `files` into one new file `rel` (atomically: whole or absent); the rows written."""
-    dataset = ds.dataset(files, format=PARQUET_FORMAT, filesystem=store.fs, schema=SCHEMAS[table])
     rows = 0
     with store.open_atomic(rel) as out, \
             pq.ParquetWriter(out, SCHEMAS[table], **parquet_options(SCHEMAS[table], one_trial=False)) as w:
-        batch: list[pa.RecordBatch] = []
+        parts: list[pa.Table] = []
         size = 0
-        for b in dataset.to_batches(batch_size=4096):
-            batch.append(b)
-            size += b.nbytes
-            rows += b.num_rows
+        for part in coalesce(scan_batches(files, store.fs, SCHEMAS[table], batch_size=4096), SCHEMAS[table]):
+            parts.append(part)
+            size += part.nbytes
+            rows += part.num_rows
             if size >= COMPACT_ROW_GROUP_BYTES:
-                w.write_table(pa.Table.from_batches(batch, SCHEMAS[table]))
-                batch, size = [], 0
-        if batch:
-            w.write_table(pa.Table.from_batches(batch, SCHEMAS[table]))
+                w.write_table(pa.concat_tables(parts))
+                parts, size = [], 0
+        if parts:
+            w.write_table(pa.concat_tables(parts))
     return rows
 
 

@@ -4,6 +4,7 @@ process group) — never `ray stop` or a kill by name."""
 
 from __future__ import annotations
 
+import glob
 import os
 import queue
 import signal
@@ -53,6 +54,20 @@ def end_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def wait_mid_sweep(folder: str, proc: subprocess.Popen, log: Path, finished: int = 2) -> None:
+    """Wait, on files (they stay once written), until `finished` trials of the `basin run` in `proc` have
+    their trials rows and another one has a checkpoint: a sweep cut there has done, cut and untouched trials."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        done = {Path(p).name.split("-")[0] for p in glob.glob(f"{folder}/trials/*.parquet")}
+        ckpt = {Path(p).stem for p in glob.glob(f"{folder}/checkpoints/*.pt")}
+        if len(done) >= finished and ckpt - done:
+            return
+        assert proc.poll() is None, log.read_text()
+        time.sleep(0.02)
+    pytest.fail("the sweep did not get far enough:\n" + log.read_text())
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:

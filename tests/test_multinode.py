@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import ROOT, TINY, assert_mirror_matches_parquet, end_group, runs_by_key, write_sweep
+from conftest import ROOT, TINY, assert_mirror_matches_parquet, end_group, runs_by_key, wait_mid_sweep, write_sweep
 
 EPOCHS = 30
 SWEEP = f"""\
@@ -215,16 +215,7 @@ def test_head_restart_resumes_the_sweep(tmp_path, monkeypatch):
     first = head(num_cpus=2)
     proc = basin_run(first.address, tmp_path / "first.log")
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:  # files stay once written: this waits on files
-            done = {Path(p).name.split("-")[0] for p in glob.glob(f"{folder}/trials/*.parquet")}
-            ckpt = {Path(p).stem for p in glob.glob(f"{folder}/checkpoints/*.pt")}
-            if len(done) >= 2 and ckpt - done:
-                break
-            assert proc.poll() is None, (tmp_path / "first.log").read_text()
-            time.sleep(0.02)
-        else:
-            pytest.fail("the sweep did not get far enough:\n" + (tmp_path / "first.log").read_text())
+        wait_mid_sweep(folder, proc, tmp_path / "first.log")
         trial_procs = [p for p in psutil.Process(first.head_node.all_processes["raylet"][0].process.pid)
                        .children(recursive=True)]
         first.remove_node(first.head_node)  # GCS, raylet and the rest of the head, by their pids

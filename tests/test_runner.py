@@ -13,11 +13,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, assert_mirror_matches_parquet, end_group, free_port, runs_by_key, write_sweep
+from conftest import (
+    ROOT,
+    TINY,
+    assert_mirror_matches_parquet,
+    end_group,
+    free_port,
+    runs_by_key,
+    wait_mid_sweep,
+    write_sweep,
+)
 from mlflow.tracking import MlflowClient
 
 from analysis.load import load, read_arrow
@@ -222,16 +230,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_local, tmp_p
                                  "--every", "1", "--no-report"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:  # the files stay once written: this waits on files
-                done = {Path(p).name.split("-")[0] for p in glob.glob(f"{folder}/trials/*.parquet")}
-                ckpt = {Path(p).stem for p in glob.glob(f"{folder}/checkpoints/*.pt")}
-                if len(done) >= 2 and ckpt - done:
-                    break
-                assert proc.poll() is None, (tmp_path / "run.log").read_text()
-                time.sleep(0.02)
-            else:
-                pytest.fail("the sweep did not get far enough:\n" + (tmp_path / "run.log").read_text())
+            wait_mid_sweep(folder, proc, tmp_path / "run.log")
             ray_procs = [p for p in psutil.Process(proc.pid).children(recursive=True)
                          if "reaper.py" not in " ".join(p.cmdline())]
             names = {p.name() for p in ray_procs}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -52,8 +52,9 @@ def parquet_options(schema: pa.Schema, one_trial: bool = True) -> dict[str, Any]
     return {**opts, "use_dictionary": strings}
 
 
-SMALL_BATCH_ROWS = 4096  # a batch this long is kept as read (Folder._scan)
+SMALL_BATCH_ROWS = 4096  # a batch this long is kept as read (coalesce)
 MERGE_BATCHES = 256      # small batches merged into one chunk at a time
+SCAN_FILES = 256         # files per dataset scan (scan_batches)
 
 
 class UnreadableFile(Exception):
@@ -244,32 +245,47 @@ class Folder:
 
     def _scan(self, table: str, files: list[str], columns: list[str] | None,
               keep: Callable[[pa.RecordBatch], pa.Array] | None = None) -> pa.Table:
-        dataset = ds.dataset(files, format=PARQUET_FORMAT, filesystem=self.fs, schema=SCHEMAS[table])
-        schema = dataset.schema if columns is None else pa.schema([dataset.schema.field(c) for c in columns])
-        # Every file gives at least one batch, and each column of a batch its own small buffers: 1,000 one-row
-        # trial files read as 1,000 chunks of the trials table's 101 columns take ~200 MB, as one chunk well
-        # under 1 MB. So small batches are merged as they arrive; large ones (a compacted file's) stay as read.
-        parts: list[pa.Table] = []
-        small: list[pa.RecordBatch] = []
+        schema = SCHEMAS[table] if columns is None else pa.schema([SCHEMAS[table].field(c) for c in columns])
 
-        def merge_small() -> None:
-            if small:
-                parts.append(pa.Table.from_batches(small, schema).combine_chunks())
-                small.clear()
-
-        for batch in dataset.to_batches(columns=columns, use_threads=True):
-            if keep is not None:
+        def kept(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            for batch in batches:
                 mask = keep(batch)
-                batch = batch if pc.all(mask).as_py() else batch.filter(mask)
-            if batch.num_rows >= SMALL_BATCH_ROWS:
-                merge_small()  # rows stay in file order
-                parts.append(pa.Table.from_batches([batch], schema))
-            elif batch.num_rows:
-                small.append(batch)
-                if len(small) >= MERGE_BATCHES:
-                    merge_small()
-        merge_small()
+                yield batch if pc.all(mask).as_py() else batch.filter(mask)
+
+        batches = scan_batches(files, self.fs, SCHEMAS[table], columns)
+        parts = list(coalesce(batches if keep is None else kept(batches), schema))
         return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+def scan_batches(files: list[str], fs: pafs.FileSystem, schema: pa.Schema, columns: list[str] | None = None,
+                 batch_size: int = 131072) -> Iterator[pa.RecordBatch]:
+    """The files' rows as batches (only `columns`), in file order, from threaded dataset scans of SCAN_FILES
+    files at a time: a scan holds ~230 KB for every file it has opened until it ends, so one scan of 2,000
+    one-row files peaked at 460 MB, and in groups of 256 at 120 MB (8.5 s against 7.7 s)."""
+    for i in range(0, len(files), SCAN_FILES):
+        dataset = ds.dataset(files[i:i + SCAN_FILES], format=PARQUET_FORMAT, filesystem=fs, schema=schema)
+        yield from dataset.to_batches(columns=columns, batch_size=batch_size, use_threads=True)
+
+
+def coalesce(batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> Iterator[pa.Table]:
+    """Batches read from many files as tables, the small ones merged into one chunk per MERGE_BATCHES. Every
+    file gives at least one batch, and each column of a batch has its own small buffers: 1,000 one-row trial
+    files held as 1,000 chunks of the trials table's 101 columns take ~200 MB, as one chunk well under 1 MB.
+    Large batches (a compacted file's) pass as they are, not copied; rows keep their order."""
+    small: list[pa.RecordBatch] = []
+    for batch in batches:
+        if batch.num_rows >= SMALL_BATCH_ROWS:
+            if small:
+                yield pa.Table.from_batches(small, schema).combine_chunks()
+                small = []
+            yield pa.Table.from_batches([batch], schema)
+        elif batch.num_rows:
+            small.append(batch)
+            if len(small) >= MERGE_BATCHES:
+                yield pa.Table.from_batches(small, schema).combine_chunks()
+                small = []
+    if small:
+        yield pa.Table.from_batches(small, schema).combine_chunks()
 
 
 def write_tables(root: str, tables: dict[str, list[dict[str, Any]]], sweep: str, trial_key: str,
