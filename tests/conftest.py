@@ -70,6 +70,29 @@ def wait_mid_sweep(folder: str, proc: subprocess.Popen, log: Path, finished: int
     pytest.fail("the sweep did not get far enough:\n" + log.read_text())
 
 
+def assert_resumed(sweep, markers: dict[str, list], done: set[str], epochs: int) -> None:
+    """A sweep cut mid-way (wait_mid_sweep) and run again: the trials done before (`done`; `markers` their
+    attempt markers then) did not run again, the one cut off went on from its checkpoint in the results
+    folder, every trial is in Parquet exactly once (raw rows, not analysis.load's de-duplication), and MLflow,
+    healed, holds one complete run per trial."""
+    from analysis.load import load, read_arrow
+    from orchestrator.store import Store
+
+    store = Store(sweep.dir)
+    for k in done:
+        assert store.attempts(k) == markers[k]
+    completed = [r["trial_key"] for r in read_arrow(sweep.dir, "trials", ["trial_key", "status"]).to_pylist()
+                 if r["status"] == "completed"]
+    assert sorted(completed) == sorted(t.key for t in sweep.trials)
+    (key,) = [k for k in markers if markers[k] and k not in done]
+    resumed = store.attempts(key)[-1]
+    assert resumed["attempt"] == 1 and resumed["checkpoint"] == "results" and resumed["resumed_from_epoch"] >= 1
+    ep = load(sweep.dir).epochs
+    assert list(ep[ep.trial_key == key].epoch) == list(range(1, epochs + 1))
+    assert sorted(len(v) for v in runs_by_key(sweep.mlflow, sweep.name).values()) == [1] * len(sweep.trials)
+    assert_mirror_matches_parquet(sweep.mlflow, sweep)
+
+
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
