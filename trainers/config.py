@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainers import corruption_params, patterns
+from trainers.data_files import TEST_SIZES, TRAIN_SIZES
 
 SHAPES = ("point", "line", "curve", "simplex")
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "tiny_imagenet", "synthetic_cifar10")
@@ -74,6 +75,10 @@ class TrialConfig:
     augment: bool = False          # crop(pad 4) + flip for CIFAR, crop for SVHN, nothing for the rest
     label_noise: float = 0.0       # symmetric noise on train labels only
     noise_seed: int = 0            # noise has its own seed so seeds and noise cross independently
+    train_size: int = 0            # a class-stratified subset of N training images (0 = all), drawn before the
+    #                                validation split (which comes out of it) and before label noise; the same
+    #                                subset for every trial of a study, as the validation split is
+    test_size: int = 0             # a class-stratified subset of N test images (0 = all), the same for every trial
     # model
     model: str = "mlp"
     width: int = 16                # cresnet20 base width; mlp hidden = 8 * width
@@ -441,6 +446,12 @@ def _check_landscape(c: TrialConfig, need: Callable[[bool, str, str], None]) -> 
     need(c.probe_hyperplane_dim >= 2, "probe_hyperplane_dim", "at least 2")
     n_cls = DATASET_CLASSES.get(c.dataset, 10)
     need(c.num_classes == 0 or 2 <= c.num_classes <= n_cls, "num_classes", f"0 (all) or 2 to {n_cls} for {c.dataset}")
+    for name, sizes, split in (("train_size", TRAIN_SIZES, "training"), ("test_size", TEST_SIZES, "test")):
+        # at least one image per class; at most the split's published size (with num_classes the split is
+        # smaller, and the loader refuses a subset larger than what it read, with the count it found)
+        classes, most = c.num_classes or n_cls, sizes[c.dataset]
+        need(getattr(c, name) == 0 or classes <= getattr(c, name) <= most, name,
+             f"0 (all) or {classes} to {most} (the {split} images of {c.dataset}, {classes} classes)")
     if c.method == "hyperplane":
         need(c.shape == "point", "shape", "point for method hyperplane (it trains one network)")
         n = _n_params(c.model, c.dataset, c.width, c.batchnorm, c.num_classes)

@@ -1,17 +1,23 @@
 """Data sets as tensors held on the training device (airbench style: no DataLoader, augmentation on device).
 
-`digits` (scikit-learn, ships with the package) is the offline default; the torchvision sets read their own
-on-disk formats from `data_dir` and download only when asked; `tiny_imagenet` reads the official
+`digits` (scikit-learn, ships with the package) is the offline default; `mnist` and `fashion_mnist` read the
+original idx files (gzipped or not) where they lie: in data_dir or Debian's dataset-fashion-mnist
+(trainers/data_files.py says where); the other torchvision sets read their own on-disk formats from
+`data_dir`; all download (through torchvision) only when asked; `tiny_imagenet` reads the official
 tiny-imagenet-200/ folder.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+
+from trainers import data_files
 
 # Fixed split seed: every trial of a study sees the same validation and test examples.
 SPLIT_SEED = 0
@@ -99,6 +105,69 @@ def _torchvision_split(name: str, root: str, train: bool, download: bool) -> tup
     return np.ascontiguousarray(x, dtype=np.uint8), y.astype(np.int64)
 
 
+IDX_UBYTE = 0x08  # the idx data type code of unsigned bytes, the only one MNIST-like files use
+
+
+def read_idx(path: str, ndim: int) -> np.ndarray:
+    """An idx file of unsigned bytes with `ndim` dimensions (gzipped when its name ends in .gz), strictly:
+    magic 0x0000 0x08 ndim, then ndim big-endian uint32 sizes, then exactly their product of bytes. Anything
+    else is a DataError naming the file; a short file is never padded or cut to fit."""
+    try:
+        with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as f:
+            buf = f.read()
+    except (OSError, EOFError) as e:  # gzip: BadGzipFile (an OSError), or EOFError for a cut-off stream
+        raise DataError(f"{path}: cannot be read: {str(e) or type(e).__name__}") from None
+    if len(buf) < 4 or buf[:2] != b"\0\0":
+        raise DataError(f"{path}: not an idx file (magic number {buf[:4].hex() or 'missing'}, expected "
+                        f"0000{IDX_UBYTE:02x}{ndim:02x})")
+    if buf[2] != IDX_UBYTE:
+        raise DataError(f"{path}: idx data type 0x{buf[2]:02x}, expected 0x{IDX_UBYTE:02x} (unsigned bytes)")
+    if buf[3] != ndim:
+        raise DataError(f"{path}: idx file of {buf[3]} dimensions, expected {ndim}")
+    start = 4 + 4 * ndim
+    if len(buf) < start:
+        raise DataError(f"{path}: truncated idx file: {len(buf)} bytes, shorter than its {start}-byte header")
+    dims = struct.unpack(f">{ndim}I", buf[4:start])
+    size = int(np.prod(dims))
+    if len(buf) - start != size:
+        what = "truncated idx file" if len(buf) - start < size else "idx file longer than its header says"
+        raise DataError(f"{path}: {what}: {' x '.join(map(str, dims))} = {size} bytes of data expected, "
+                        f"{len(buf) - start} found")
+    # a writable copy: torch.from_numpy warns on read-only arrays (bytes are), and it is 47 MB at most
+    return np.frombuffer(buf, np.uint8, size, start).reshape(dims).copy()
+
+
+def read_idx_split(images: str, labels: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 1, 28, 28) uint8 images and (N,) int64 labels from one split's idx pair, checked against what the
+    data set is: 28 x 28 images, one label per image, labels 0-9."""
+    x, y = read_idx(images, 3), read_idx(labels, 1)
+    if x.shape[1:] != (28, 28):
+        raise DataError(f"{images}: images of {x.shape[1]} x {x.shape[2]}, expected 28 x 28 for dataset {name}")
+    if len(y) != len(x):
+        raise DataError(f"{labels}: {len(y)} labels for the {len(x)} images of {images}")
+    classes = INPUT_SHAPES[name][1]
+    if len(y) and int(y.max()) >= classes:
+        raise DataError(f"{labels}: label {int(y.max())} out of range (dataset {name} has labels 0-{classes - 1})")
+    return x[:, None], y.astype(np.int64)
+
+
+def _idx(name: str):
+    """Loader of MNIST or Fashion-MNIST from the idx files data_files.find_idx finds (the same rule that
+    `basin validate` checks); torchvision is used only to download them, into <data_dir>/<Name>/raw/,
+    which find_idx then finds."""
+    def load(root: str, download: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        paths = data_files.find_idx(name, root)
+        if paths is None and download:
+            _torchvision_split(name, root, True, True)  # downloads all four files (or raises "download failed")
+            paths = data_files.find_idx(name, root)
+        if paths is None:
+            raise DataError(data_files.idx_missing(name, root))
+        train = read_idx_split(paths["train-images-idx3-ubyte"], paths["train-labels-idx1-ubyte"], name)
+        test = read_idx_split(paths["t10k-images-idx3-ubyte"], paths["t10k-labels-idx1-ubyte"], name)
+        return (*train, *test)
+    return load
+
+
 def tiny_imagenet_wnids(root: str) -> list[str]:
     """Tiny ImageNet's class ids in class-index order (sorted, as torchvision's ImageFolder orders them)."""
     path = os.path.join(root, "tiny-imagenet-200", "wnids.txt")
@@ -171,7 +240,8 @@ def _tv(name: str):
     return load
 
 
-LOADERS = {"digits": _digits, **{n: _tv(n) for n in ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn")},
+LOADERS = {"digits": _digits, "mnist": _idx("mnist"), "fashion_mnist": _idx("fashion_mnist"),
+           **{n: _tv(n) for n in ("cifar10", "cifar100", "svhn")},
            "tiny_imagenet": _tiny_imagenet, "synthetic_cifar10": _synthetic_cifar10}
 AUGMENT = {"cifar10": "crop_flip", "cifar100": "crop_flip", "svhn": "crop",  # no flips for digits
            "tiny_imagenet": "crop_flip", "synthetic_cifar10": "crop_flip"}
@@ -179,9 +249,9 @@ AUGMENT = {"cifar10": "crop_flip", "cifar100": "crop_flip", "svhn": "crop",  # n
 INPUT_SHAPES = {"digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10), "fashion_mnist": ((1, 28, 28), 10),
                 "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100), "svhn": ((3, 32, 32), 10),
                 "tiny_imagenet": ((3, 64, 64), 200), "synthetic_cifar10": ((3, 32, 32), 10)}
-# Images in each data set's training split (the most a trial keeps on its device: the packing check)
-TRAIN_SIZES = {"digits": 1797, "mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000,
-               "svhn": 73_257, "tiny_imagenet": 100_000, "synthetic_cifar10": 50_000}
+# Images in each data set's splits (the training count is also the most a trial keeps on its device: the
+# packing check). Kept in data_files, which imports no torch, so config checks can use them too.
+TRAIN_SIZES, TEST_SIZES = data_files.TRAIN_SIZES, data_files.TEST_SIZES
 
 
 def noisy_labels(y: torch.Tensor, rate: float, classes: int, seed: int) -> torch.Tensor:
@@ -194,27 +264,65 @@ def noisy_labels(y: torch.Tensor, rate: float, classes: int, seed: int) -> torch
     return torch.where(flip, (y + shift) % classes, y)
 
 
+def stratified_subset(y: np.ndarray, n: int, seed: int | tuple[int, ...]) -> np.ndarray:
+    """Sorted indices of `n` of the labels `y`, each class's count within 1 of its share of n (n x its
+    fraction of y, rounded down, plus one for the classes with the largest remainders, ties drawn at random),
+    the examples of each class drawn uniformly. The same (y, n, seed) gives the same indices."""
+    rng = np.random.default_rng(seed)
+    labels, counts = np.unique(y, return_counts=True)
+    quota = n * counts / len(y)
+    take = np.floor(quota).astype(np.int64)
+    extra = n - int(take.sum())
+    ties = rng.random(len(labels))
+    take[np.lexsort((ties, -(quota - take)))[:extra]] += 1  # largest remainder first
+    picked = [rng.permutation(np.flatnonzero(y == c))[:k] for c, k in zip(labels, take, strict=True)]
+    return np.sort(np.concatenate(picked))
+
+
+def _subset(x: np.ndarray, y: np.ndarray, n: int, field: str, name: str, split: str, classes: int,
+            stream: int) -> tuple[np.ndarray, np.ndarray]:
+    """`x, y` cut to a stratified subset of n (0 = all), or a DataError naming the field and the split's size."""
+    if not n:
+        return x, y
+    if not classes <= n <= len(y):
+        raise DataError(f"{field}: expected 0 (all) or {classes} to {len(y)} (the {split} images of dataset "
+                        f"{name}, {classes} classes), got {n}")
+    # Drawn from SPLIT_SEED, the seed of the validation split: like that split, the subset is a fact of the
+    # study, the same for every trial (whatever its seed or noise_seed), so seeds and methods are compared on
+    # the same images. `stream` keeps the train and test draws apart from each other and from the split.
+    keep = stratified_subset(y, n, seed=(SPLIT_SEED, stream))
+    return x[keep], y[keep]
+
+
 def load(name: str, data_dir: str = "~/.cache/basin/data", download: bool = False, val_fraction: float = 0.1,
-         label_noise: float = 0.0, noise_seed: int = 0, augment: bool = False, num_classes: int = 0) -> Data:
+         label_noise: float = 0.0, noise_seed: int = 0, augment: bool = False, num_classes: int = 0,
+         train_size: int = 0, test_size: int = 0) -> Data:
     """Load `name`, hold out a validation split from train, normalise with train statistics, and put
-    label noise on the remaining train labels only. `num_classes` > 0 keeps only the first classes."""
+    label noise on the remaining train labels only. `num_classes` > 0 keeps only the first classes;
+    `train_size` / `test_size` > 0 keep a class-stratified subset of that many images of the training file
+    (before the validation split, which then comes out of the subset, and before label noise) / test file."""
     root = os.path.expanduser(data_dir)
     tx, ty, sx, sy = LOADERS[name](root, download)
     if num_classes:
         tx, ty, sx, sy = tx[ty < num_classes], ty[ty < num_classes], sx[sy < num_classes], sy[sy < num_classes]
-    classes = int(max(ty.max(), sy.max()) + 1)
+    classes = int(max(ty.max(), sy.max()) + 1)  # before the subsets: a class they miss still has its output
+    tx, ty = _subset(tx, ty, train_size, "train_size", name, "training", classes, stream=1)
+    sx, sy = _subset(sx, sy, test_size, "test_size", name, "test", classes, stream=2)
     order = np.random.default_rng(SPLIT_SEED).permutation(len(tx))
     n_val = int(round(val_fraction * len(tx)))
     val, train = order[:n_val], order[n_val:]
 
-    x_train = torch.from_numpy(tx[train]).float() / 255
+    x_train = torch.from_numpy(tx[train]).float().div_(255)
     mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
     std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)
 
-    def norm(a: np.ndarray) -> torch.Tensor:
-        return (torch.from_numpy(a).float() / 255 - mean) / std
+    def norm(a: np.ndarray | torch.Tensor) -> torch.Tensor:
+        # in place on a fresh float copy (the same operations, in the same order, as (a / 255 - mean) / std):
+        # on 60,000 MNIST images three out-of-place passes took most of a load's time
+        x = a if isinstance(a, torch.Tensor) else torch.from_numpy(a).float().div_(255)
+        return x.sub_(mean).div_(std)
 
-    clean = Data(train_x=norm(tx[train]), train_y=torch.from_numpy(ty[train]), val_x=norm(tx[val]),
+    clean = Data(train_x=norm(x_train), train_y=torch.from_numpy(ty[train]), val_x=norm(tx[val]),
                  val_y=torch.from_numpy(ty[val]), test_x=norm(sx), test_y=torch.from_numpy(sy), classes=classes,
                  augment=AUGMENT.get(name, "") if augment else "", mean=mean, std=std)
     return with_noise(clean, label_noise, noise_seed)
