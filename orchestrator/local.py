@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from orchestrator.cli import UserError
+from orchestrator.sweep import add_set_arg, parse_overrides
 from trainers.config import ConfigError, TrialConfig, make_config
 
 
@@ -22,11 +23,7 @@ def read_config(path: str, overrides: list[str] = ()) -> TrialConfig:
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(values, dict):
         raise UserError(f"{path}: expected a mapping of trial fields")
-    for item in overrides:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise UserError(f"--set {item}: expected field=value")
-        values[name] = yaml.safe_load(value)
+    values.update(parse_overrides(overrides))
     try:
         return make_config(values)
     except ConfigError as e:
@@ -36,8 +33,7 @@ def read_config(path: str, overrides: list[str] = ()) -> TrialConfig:
 def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML file of trial fields (see trainers/config.py)")
     p.add_argument("--out", default=None, help="results folder (default: results/train-<trial key>)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a field, e.g. --set shape=simplex --set endpoints=3")
+    add_set_arg(p)
     p.add_argument("--resume", action="store_true", help="continue from the folder's checkpoint, if any")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
 

@@ -30,7 +30,7 @@ from typing import Any
 from orchestrator import packing, preflight
 from orchestrator.cli import UserError
 from orchestrator.store import Store, storage_fault, storage_line
-from orchestrator.sweep import Sweep, Trial, describe, is_uri, load_sweep
+from orchestrator.sweep import Sweep, Trial, add_set_arg, describe, is_uri, load_sweep
 from orchestrator.sync import heal, record_sync, sweep_mirror
 from orchestrator.tracking import Mirror, eval_metrics, probe_metrics, summary_metrics
 from trainers.config import TrialConfig
@@ -829,6 +829,7 @@ def _report(sweep: Sweep, s: Summary) -> None:
 # -- CLI --------------------------------------------------------------------------------------------------
 def add_run_args(p: Any) -> None:
     p.add_argument("sweep", help="the sweep file (YAML)")
+    add_set_arg(p)
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray on 127.0.0.1)")
     p.add_argument("--resume", action="store_true",
                    help="continue an earlier run (re-running the sweep does the same; this also checks there is one)")
@@ -847,7 +848,7 @@ def add_run_args(p: Any) -> None:
 
 def cmd_run(args: Any) -> int:
     mlflow = False if args.mlflow in ("false", "off", "none") else args.mlflow
-    sweep = load_sweep(args.sweep, results=args.results, mlflow=mlflow)
+    sweep = load_sweep(args.sweep, results=args.results, mlflow=mlflow, overrides=args.overrides)
     summary = run_sweep(sweep, address=args.address, resume=args.resume, num_cpus=args.num_cpus,
                         every=args.every, dry_run=args.dry_run, report=not args.no_report,
                         strict=args.strict, compact=not args.no_compact)

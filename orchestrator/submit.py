@@ -18,18 +18,22 @@ Ray's own order) unless RAY_AUTH_MODE=disabled. The address is the dashboard thr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from orchestrator.cli import UserError
 from orchestrator.storage import STORAGE_ENV, cluster_results, is_shared, join
+from orchestrator.sweep import add_set_arg, load_sweep, read_yaml
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+AGENT_PORT = 52365  # the dashboard agent's HTTP port (ray_constants.DEFAULT_DASHBOARD_AGENT_LISTEN_PORT)
 # Never shipped with the job: environments, results, caches, data. Ray also honours .gitignore files.
 EXCLUDES = [".git", ".venv", "venv", "env", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache",
             "*.egg-info", "results", "report", "mlruns", "mlartifacts", "*.db", "*.pt", "*.parquet",
@@ -52,23 +56,51 @@ def auth_headers() -> dict[str, str]:
 
 def job_client(address: str) -> Any:
     """A JobSubmissionClient for `address` (checked: reachable, token accepted), or a UserError saying why not."""
-    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
-    try:
+    with jobs_api(address):
         return JobSubmissionClient(address, headers=auth_headers())
+
+
+@contextlib.contextmanager
+def jobs_api(address: str) -> Iterator[None]:
+    """Every failure of a request to the Jobs API as one line naming its cause (UserError), not a traceback."""
+    from ray.exceptions import AuthenticationError
+
+    try:
+        yield
     except AuthenticationError:
-        raise UserError(f"{address}: the cluster refused the request: it needs its token (run `ray get-auth-token`"
-                        " where the cluster was created and set RAY_AUTH_TOKEN, or copy it to "
-                        "~/.ray/auth_token)") from None
-    except ConnectionError:
-        raise UserError(f"cannot reach the Ray dashboard at {address}: is the tunnel up? "
-                        "(`ray dashboard cluster.yaml`, then --address http://127.0.0.1:8265)") from None
+        if not auth_headers():
+            raise UserError(f"{address}: the cluster needs its token and none was found here: copy it from where "
+                            "the cluster was created (`ray get-auth-token` there) to ~/.ray/auth_token, or set "
+                            "RAY_AUTH_TOKEN") from None
+        raise UserError(f"{address}: the cluster refused this machine's token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH "
+                        "or ~/.ray/auth_token): it is another cluster's; copy the one `ray get-auth-token` prints "
+                        "where the cluster was created") from None
+    except ConnectionError:  # Ray's, and requests' (an OSError) when the stream or a later request drops
+        raise UserError(f"cannot reach the Ray dashboard at {address}: no cluster answers there. Is the cluster "
+                        "up (`ray up`) and the tunnel open (`ray dashboard cluster.yaml`, then --address "
+                        "http://127.0.0.1:8265)?") from None
+    except RuntimeError as e:
+        text = str(e)
+        if "No available agent" in text:
+            raise UserError(f"{address}: the head's job agent is not running, so it cannot start jobs. It listens "
+                            f"on port {AGENT_PORT}, which another Ray on the head may hold; read the head's "
+                            "<RAY_TMPDIR or /tmp>/ray/session_latest/logs/dashboard_agent.log (`ray exec "
+                            "cluster.yaml 'tail -30 /tmp/ray/session_latest/logs/dashboard_agent.log'`), then "
+                            "`ray up` again") from None
+        if "Version check returned 404" in text:
+            raise UserError(f"{address}: this is not a Ray dashboard (no /api/version); the Jobs API is the "
+                            "dashboard's port, 8265 by default") from None
+        if text.startswith("Request failed with status code"):
+            raise UserError(f"{address}: the Jobs API refused the request: {text.splitlines()[0]}") from None
+        raise
 
 
 # -- basin submit -----------------------------------------------------------------------------------------
 def add_submit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep", help="the sweep file (YAML), inside the working directory")
+    add_set_arg(p)
     p.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS", DEFAULT_ADDRESS),
                    help=f"the Ray dashboard, through the SSH tunnel (default {DEFAULT_ADDRESS})")
     p.add_argument("--working-dir", default=".", help="folder shipped with the job (default: the current one); "
@@ -80,11 +112,10 @@ def add_submit_args(p: argparse.ArgumentParser) -> None:
 
 
 def plan(sweep_path: str, working_dir: str, results: str | None, mlflow: str | None,
-         env: dict[str, str] | None = None) -> dict[str, Any]:
+         env: dict[str, str] | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Check the sweep here, before anything is sent, and work out what runs on the cluster: the entrypoint,
     and the results URI and MLflow URI as far as they can be known from here (`env`: this machine's
     environment, where BASIN_STORAGE may name the cluster's storage)."""
-    from orchestrator.sweep import load_sweep, read_yaml
 
     env = dict(os.environ) if env is None else env
     wd, path = Path(working_dir).resolve(), Path(sweep_path).resolve()
@@ -117,10 +148,12 @@ def plan(sweep_path: str, working_dir: str, results: str | None, mlflow: str | N
         raise UserError(f"{sweep_path}: mlflow: {mlflow} is relative to the job's temporary folder on the head and "
                         "would be lost; leave `mlflow` out to use the head's MLflow server, or give an absolute path")
     # Expand and check every trial here; where results and MLflow end up is checked on the head.
-    sweep = load_sweep(path, results=results or "s3://cluster-storage/results", mlflow=mlflow or file_mlflow or False)
+    sweep = load_sweep(path, results=results or "s3://cluster-storage/results", mlflow=mlflow or file_mlflow or False,
+                       overrides=overrides)
 
     rel = path.relative_to(wd).as_posix()
     cmd = ["python", "-m", "orchestrator.cli", "run", shlex.quote(rel), "--address", "auto"]
+    cmd += [f"--set {shlex.quote(o)}" for o in overrides]
     cmd += ["--results", root_expr or shlex.quote(results)]
     if mlflow:
         cmd += ["--mlflow", shlex.quote(mlflow)]
@@ -136,18 +169,19 @@ def plan(sweep_path: str, working_dir: str, results: str | None, mlflow: str | N
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    p = plan(args.sweep, args.working_dir, args.results, args.mlflow)
+    p = plan(args.sweep, args.working_dir, args.results, args.mlflow, overrides=args.overrides)
     sweep = p["sweep"]
     client = job_client(args.address)
     submission_id = f"basin-{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-    job_id = client.submit_job(
-        entrypoint=p["entrypoint"],
-        submission_id=submission_id,
-        runtime_env={"working_dir": p["working_dir"], "excludes": EXCLUDES,
-                     "env_vars": {"PYTHONUNBUFFERED": "1"}},  # progress lines reach `basin logs` as printed
-        metadata={"basin_sweep": sweep.name, "basin_results": p["results"]},
-        entrypoint_num_cpus=0,            # the driver only schedules; it must not take a trial's CPU
-    )
+    with jobs_api(args.address):
+        job_id = client.submit_job(
+            entrypoint=p["entrypoint"],
+            submission_id=submission_id,
+            runtime_env={"working_dir": p["working_dir"], "excludes": EXCLUDES,
+                         "env_vars": {"PYTHONUNBUFFERED": "1"}},  # progress lines reach `basin logs` as printed
+            metadata={"basin_sweep": sweep.name, "basin_results": p["results"]},
+            entrypoint_num_cpus=0,            # the driver only schedules; it must not take a trial's CPU
+        )
     print(f"job:     {job_id}")
     print(f"sweep:   {sweep.name} ({len(sweep.trials)} trials, {sweep.gpus:g} GPU each)")
     print(f"results: {p['results']}")
@@ -169,7 +203,8 @@ def add_logs_args(p: argparse.ArgumentParser) -> None:
 
 def job_status(client: Any, job_id: str) -> str:
     try:
-        return str(client.get_job_status(job_id).value)
+        with jobs_api(client.get_address()):
+            return str(client.get_job_status(job_id).value)
     except RuntimeError as e:
         if "404" in str(e) or "does not exist" in str(e):
             raise UserError(f"no job {job_id!r} on this cluster (`ray job list` shows them; a head restart "
@@ -191,8 +226,8 @@ def follow(client: Any, job_id: str, out: Any = None) -> int:
     job_status(client, job_id)  # a clear error for an unknown id
     try:
         asyncio.run(tail())
-    except RuntimeError as e:  # the stream dropped (head restart, tunnel closed): say where things stand
-        print(f"basin logs: lost the log stream ({e})", file=sys.stderr)
+    except Exception as e:  # the stream dropped (head restart, tunnel closed): say where things stand
+        print(f"basin logs: lost the log stream ({type(e).__name__}: {e})", file=sys.stderr)
     else:  # the stream ends when the job does; its status may take a moment to follow
         deadline = time.monotonic() + 30
         while job_status(client, job_id) not in TERMINAL and time.monotonic() < deadline:
@@ -206,7 +241,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
     client = job_client(args.address)
     if args.no_follow:
         status = job_status(client, args.job)
-        sys.stdout.write(client.get_job_logs(args.job))
+        with jobs_api(args.address):
+            sys.stdout.write(client.get_job_logs(args.job))
         print(f"job {args.job}: {status}", file=sys.stderr)
         return 0 if status in ("SUCCEEDED", "RUNNING", "PENDING") else 1
     return follow(client, args.job)

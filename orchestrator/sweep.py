@@ -3,7 +3,8 @@
 Everything is checked before anything starts: a bad sweep gives one line naming the file and the field
 (`sweeps/x.yaml: axes.shape[2]: expected one of point, line, curve, simplex, got 'cube'`).
 
-Expansion, in order: the product of `axes` (first axis outermost) -> `include` rules -> `exclude` rules ->
+Expansion, in order: the product of `axes` (first axis outermost) -> `include` rules -> `set` (fields forced on
+every trial: what `--set FIELD=VALUE` on the command line writes, for a smoke test of a big sweep) -> `exclude` rules ->
 each trial built and validated with trainers.config.make_config (which gives fields that mean nothing for a
 shape one canonical value) -> trials with the same key (same effective config) kept once. docs/sweeps.md
 describes the file.
@@ -12,6 +13,7 @@ describes the file.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import difflib
 import itertools
@@ -29,7 +31,7 @@ import yaml
 from orchestrator.cli import UserError
 from trainers.config import FIELDS, ConfigError, TrialConfig, config_key, irrelevant, make_config, type_name, type_ok
 
-SWEEP_FIELDS = ("name", "description", "base", "axes", "include", "exclude", "resources", "max_concurrent",
+SWEEP_FIELDS = ("name", "description", "base", "axes", "include", "exclude", "set", "resources", "max_concurrent",
                 "retries", "checkpoint_every", "pack", "results", "mlflow", "storage", "max_trials")
 # A grid larger than this is refused before it is expanded (its count comes from the axes' sizes): a typo
 # such as a 1000-value axis should cost one line, not the driver's memory. A sweep may raise it (max_trials).
@@ -89,6 +91,8 @@ class Sweep:
     gpu_memory: float = 0.0        # GiB of one GPU (0: ask the local GPU) for the packing check
     memory: float = 0.0            # GiB of host memory per Tune trial (0: not reserved)
     max_trials: int = MAX_TRIALS
+    forced: dict[str, Any] = field(default_factory=dict)   # `set`: fields every trial takes, whatever the axes say
+    from_cli: tuple[str, ...] = ()                          # which of them --set gave (errors name the flag)
     stats: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -143,15 +147,57 @@ def read_yaml(path: str | Path) -> tuple[Any, str]:
 
 
 def load_sweep(path: str | Path, results: str | None = None, mlflow: str | None = None,
-               storage: str | None = None) -> Sweep:
-    """Read, check and expand a sweep file. `results`/`mlflow`/`storage` override the file's values."""
+               storage: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Sweep:
+    """Read, check and expand a sweep file. `results`/`mlflow`/`storage` override the file's values;
+    `overrides` (`FIELD=VALUE`, from --set) are forced on every trial and written into the sweep's `set`."""
     data, text = read_yaml(path)
+    data, text = with_overrides(str(path), data, text, overrides)
     sweep = parse_sweep(data, str(path), text, results=results, mlflow=mlflow, storage=storage)
+    sweep.from_cli = tuple(parse_overrides(overrides))
     _ = sweep.trials  # expansion validates every trial
     from orchestrator.connect import check  # connect trials: their endpoints exist and can be connected
 
     check(sweep)
     return sweep
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """`--set FIELD=VALUE` items -> {field: value} (values as YAML reads them: 2, 0.1, true, line)."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise UserError(f"--set {item}: expected FIELD=VALUE, e.g. --set epochs=2")
+        try:
+            out[name] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError(f"--set {item}: the value is not valid YAML") from None
+        if name not in FIELDS:
+            raise UserError(f"--set {name}: unknown trial field{_suggest(name, sorted(FIELDS))}")
+        if not type_ok(name, out[name]):
+            raise UserError(f"--set {name}: expected {type_name(name)}, got {out[name]!r}")
+    return out
+
+
+def with_overrides(path: str, data: Any, text: str, overrides: list[str] | tuple[str, ...]) -> tuple[Any, str]:
+    """The sweep with `--set` items merged into its `set`, and its text saying so: the file as written plus a
+    `set:` line at the end, so the copy saved with the results (and on MLflow) is the sweep that ran."""
+    forced = parse_overrides(overrides)
+    if not forced:
+        return data, text
+    if not isinstance(data, dict):
+        return data, text  # parse_sweep names the problem
+    merged = {**_mapping(path, "set", data.get("set"), "a mapping of trial fields"), **forced}
+    note = "# basin " + " ".join(f"--set {o}" for o in overrides) + " (fields forced on every trial)\n"
+    had_set, data = "set" in data, {**data, "set": merged}
+    line = yaml.safe_dump({"set": merged}, default_flow_style=True, sort_keys=False, width=10**6)
+    appended = text.rstrip("\n") + "\n" + note + line
+    with contextlib.suppress(yaml.YAMLError):
+        if not had_set and yaml.safe_load(appended) == data:
+            return data, appended
+    # The file has a `set` of its own (or is not a block mapping): the saved copy is the merged sweep, re-written.
+    return data, note + yaml.safe_dump(data, sort_keys=False)
 
 
 def _fail(path: str, where: str, what: str) -> UserError:
@@ -324,6 +370,9 @@ def parse_sweep(data: Any, path: str = "<sweep>", text: str = "", results: str |
     axes = _axes(path, data.get("axes"))
     include = _rules(path, "include", data.get("include"), allow_when=True)
     exclude = _rules(path, "exclude", data.get("exclude"), allow_when=False)
+    forced = _mapping(path, "set", data.get("set"), "a mapping of trial fields")
+    for k, v in forced.items():
+        _check_field(path, f"set.{k}", k, v)
 
     res = _mapping(path, "resources", data.get("resources", DEFAULTS["resources"]),
                    "a mapping: cpus, gpus, gpu_memory, memory")
@@ -365,7 +414,7 @@ def parse_sweep(data: Any, path: str = "<sweep>", text: str = "", results: str |
     return Sweep(name=name, path=path, text=text, base=base, axes=axes, include=include, exclude=exclude,
                  cpus=float(cpus), gpus=float(gpus), max_concurrent=ints["max_concurrent"],
                  retries=ints["retries"], results=results_root, mlflow=uri, storage=store,
-                 description=description, pack=pack, max_trials=max_trials, **mem)
+                 description=description, pack=pack, max_trials=max_trials, forced=forced, **mem)
 
 
 # -- expansion ------------------------------------------------------------------------------------------
@@ -450,6 +499,9 @@ def expand(sweep: Sweep) -> list[Trial]:
                      for v, w in _cross(rule, f"include[{i}]")]
             added += len(extra)
             cands += extra
+    if sweep.forced:  # after include rules, so a forced seed or epochs holds for the trials they add too
+        at = {k: f"--set {k}" if k in sweep.from_cli else f"set.{k}" for k in sweep.forced}
+        cands = [({**v, **sweep.forced}, {**w, **at}) for v, w in cands]
     before = len(cands)
     cands = [(v, w) for v, w in cands if not any(_matches(v, rule) for rule in sweep.exclude)]
     excluded = before - len(cands)
@@ -583,8 +635,16 @@ def describe(sweep: Sweep, show: int = 5) -> str:
     return "\n".join(lines)
 
 
+def add_set_arg(p: Any) -> None:
+    """--set FIELD=VALUE, repeatable: a trial field forced on every trial (validate, run, submit, train)."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="force a trial field on every trial, e.g. --set epochs=2 --set seed=0 for a smoke test "
+                        "(part of the trial keys, as any field)")
+
+
 def add_validate_args(p: Any) -> None:
     p.add_argument("sweep", help="the sweep file (YAML)")
+    add_set_arg(p)
     p.add_argument("--show", type=int, default=5, metavar="N", help="print the first N trials (default 5)")
     p.add_argument("--results", help="results folder or URI (overrides the file's `results`)")
     p.add_argument("--cluster", action="store_true",
@@ -592,7 +652,7 @@ def add_validate_args(p: Any) -> None:
 
 
 def cmd_validate(args: Any) -> int:
-    sweep = load_sweep(args.sweep, results=args.results)
+    sweep = load_sweep(args.sweep, results=args.results, overrides=args.overrides)
     if not args.cluster:
         from orchestrator.preflight import check
 

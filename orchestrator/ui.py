@@ -156,11 +156,15 @@ def tracking_uri(folder: str) -> tuple[str, str]:
     return name, uri
 
 
-def _saved(folder: str) -> tuple[str, str, Sweep | None]:
+def _saved(folder: str, override: str | None = None) -> tuple[str, str, Sweep | None]:
+    """(name, tracking URI, the saved sweep) of a results folder; `override` is the URI to use instead of the
+    one the sweep recorded (a cluster's server through a tunnel), so that one is not checked."""
     from orchestrator.status import saved_sweep
 
     sweep = saved_sweep(folder)
     name = sweep.name if sweep else folder.rstrip("/").rpartition("/")[2]
+    if override:
+        return name, override, sweep
     uri = sweep.mlflow if sweep else ""
     if not uri and not is_uri(folder) and os.path.exists(os.path.join(folder, "mlflow.db")):
         uri = f"sqlite:///{os.path.abspath(os.path.join(folder, 'mlflow.db'))}"
@@ -221,8 +225,7 @@ def _open(url: str) -> None:
 
 def cmd_ui(args: Any) -> int:
     folder = args.sweep.rstrip("/")
-    name, uri, sweep = _saved(folder)
-    uri = args.tracking_uri or uri
+    name, uri, sweep = _saved(folder, args.tracking_uri)
     T.quiet_http_defaults()  # a server out of reach fails in seconds, not after MLflow's retries
     if sweep is not None:
         refresh_views(uri, sweep)

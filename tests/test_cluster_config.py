@@ -4,14 +4,15 @@ addresses only, and the head's MLflow start script really starts a server."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import ipaddress
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
@@ -80,7 +81,10 @@ def auth_problems(cfg: dict) -> list[str]:
             problems.append(f"no RAY_AUTH_MODE=token before: {c}")
     if "~/.ray/auth_token" not in cfg.get("file_mounts", {}):
         problems.append("the token file ~/.ray/auth_token is not mounted on the nodes")
-    if not any("export RAY_AUTH_MODE=token" in c and "bashrc" in c for c in cfg.get("setup_commands", [])):
+    setup = "\n".join(cfg.get("setup_commands", []))
+    if "setup-node.sh" in setup:  # the commands the setup runs are the script's
+        setup += (ROOT / "scripts" / "setup-node.sh").read_text()
+    if not re.search(r"export RAY_AUTH_MODE=token.*\n(.*\n)*.*>> ~/.bashrc", setup):
         problems.append("login shells on the nodes do not get RAY_AUTH_MODE=token")
     return problems
 
@@ -142,7 +146,9 @@ def test_dashboard_and_mlflow_bind_private_addresses_only(name):
     script = "\n".join(line for line in (ROOT / "scripts" / "start-mlflow.sh").read_text().splitlines()
                        if not line.lstrip().startswith("#"))
     assert "0.0.0.0" not in script and '--host "$host"' in script
-    assert "hostname -I" in script                                          # the private address
+    assert "hostname -I" in script and "head_ip" in script     # the private address, or the local head's
+    if name == "cluster-local.yaml":                            # Ray advertises the address the file names
+        assert "--node-ip-address=$BASIN_HEAD_IP" in head_start(cfg)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -181,8 +187,10 @@ def test_the_checks_catch_a_bad_config():
     cfg = read("cluster.yaml")
     cfg["worker_start_ray_commands"][-1] = cfg["worker_start_ray_commands"][-1].replace("RAY_AUTH_MODE=token ", "")
     del cfg["file_mounts"]["~/.ray/auth_token"]
+    cfg["setup_commands"] = ["echo 'source ~/basin-env/bin/activate' >> ~/.bashrc"]
     problems = auth_problems(cfg)
-    assert len(problems) == 2 and "--address" in problems[0] and "mounted" in problems[1]
+    assert len(problems) == 3 and "--address" in problems[0] and "mounted" in problems[1]
+    assert "login shells" in problems[2]
 
 
 def free_port() -> int:
@@ -193,49 +201,70 @@ def free_port() -> int:
 
 def test_head_mlflow_script_starts_a_server(tmp_path):
     """scripts/start-mlflow.sh as the head runs it (storage from the config's metadata), bound to 127.0.0.1
-    here: the server answers, ~/.basin.env names it and the storage, artifacts land under <storage>/mlflow,
-    and a second run (ray up again) leaves the running server alone."""
+    here: the server answers, ~/.basin.env names it, the storage and the head's address, artifacts land under
+    <storage>/mlflow; a second run (ray up again) restarts it on the same store; --watch ends it when the Ray
+    head it watches ends (a process named gcs_server stands for it here: the real one is in
+    test_cluster_launch.py), and --stop ends it at once."""
     import mlflow
+    import psutil
 
     home, storage, port = tmp_path / "home", tmp_path / "shared", free_port()
     home.mkdir()
     boot = tmp_path / "ray_bootstrap_config.yaml"
-    boot.write_text(yaml.safe_dump({**read("cluster-local.yaml"), "metadata": {"basin": {"storage": str(storage)}}}))
+    cfg = read("cluster-local.yaml")
+    boot.write_text(yaml.safe_dump({**cfg, "metadata": {"basin": {"storage": str(storage)}},
+                                    "provider": {**cfg["provider"], "head_ip": "127.0.0.1"}}))
     venv_bin = str(Path(os.sys.executable).parent)
     env = {**os.environ, "HOME": str(home), "PATH": f"{venv_bin}:{os.environ['PATH']}",
-           "BASIN_MLFLOW_HOST": "127.0.0.1", "BASIN_MLFLOW_PORT": str(port)}
+           "BASIN_MLFLOW_PORT": str(port)}
     env.pop("BASIN_STORAGE", None)
     script = str(ROOT / "scripts" / "start-mlflow.sh")
-    done = subprocess.run(["bash", script, str(boot)], env=env, capture_output=True, text=True, timeout=180)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", script, *args], env=env, capture_output=True, text=True, timeout=180)
+
     pid_file = home / "basin-mlflow" / "server.pid"
-    pgid = int(pid_file.read_text()) if pid_file.exists() else None
+    done = run(str(boot))
+    gcs = None
     try:
         assert done.returncode == 0, done.stderr
+        first = int(pid_file.read_text())
         url = f"http://127.0.0.1:{port}"
         assert (home / ".basin.env").read_text().splitlines() == [f"MLFLOW_TRACKING_URI={url}",
-                                                                 f"BASIN_STORAGE={storage}"]
+                                                                 f"BASIN_STORAGE={storage}", "BASIN_HEAD_IP=127.0.0.1"]
         assert urllib.request.urlopen(f"{url}/health", timeout=5).status == 200
-
-        again = subprocess.run(["bash", script, str(boot)], env=env, capture_output=True, text=True, timeout=60)
-        assert again.returncode == 0 and "already running" in again.stdout
-        assert int(pid_file.read_text()) == pgid
-
         client = mlflow.MlflowClient(tracking_uri=url)
         exp = client.create_experiment("cluster-check")
-        run = client.create_run(exp)
-        client.log_metric(run.info.run_id, "acc", 0.5)
+        run_id = client.create_run(exp).info.run_id
+        client.log_metric(run_id, "acc", 0.5)
         (tmp_path / "note.txt").write_text("hello")
-        client.log_artifact(run.info.run_id, str(tmp_path / "note.txt"))
-        assert client.get_run(run.info.run_id).data.metrics == {"acc": 0.5}
+        client.log_artifact(run_id, str(tmp_path / "note.txt"))
         assert [p.read_text() for p in (storage / "mlflow").rglob("note.txt")] == ["hello"]
+
+        again = run(str(boot))
+        assert again.returncode == 0, again.stderr
+        second = int(pid_file.read_text())
+        assert second != first and not psutil.pid_exists(first)
+        assert client.get_run(run_id).data.metrics == {"acc": 0.5}       # same store after the restart
+
+        assert run("--watch").returncode == 1                              # no Ray head: nothing to watch
+        fake = tmp_path / "gcs_server"
+        shutil.copy("/bin/sleep", fake)
+        gcs = subprocess.Popen([str(fake), "600"])
+        watch = run("--watch")
+        assert watch.returncode == 0 and f"gcs_server pid {gcs.pid}" in watch.stdout
+        server = psutil.Process(second)
+        gcs.terminate()
+        gcs.wait()
+        server.wait(60)                                                    # the watcher ended the server
+
+        assert run(str(boot)).returncode == 0
+        third = int(pid_file.read_text())
+        stop = run("--stop")
+        assert stop.returncode == 0 and not psutil.pid_exists(third) and not pid_file.exists()
     finally:
-        if pgid:
-            os.killpg(pgid, signal.SIGTERM)
-            for _ in range(50):
-                try:
-                    os.killpg(pgid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.2)
-            else:
-                os.killpg(pgid, signal.SIGKILL)
+        if gcs is not None and gcs.poll() is None:
+            gcs.kill()
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)

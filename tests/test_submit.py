@@ -168,11 +168,13 @@ def test_a_client_without_the_token_is_refused(head, tmp_path):
     home.mkdir()
     wrong = tmp_path / "wrong_token"
     wrong.write_text(secrets.token_hex(32))
-    for env in ({**head.env, "RAY_AUTH_TOKEN_PATH": str(wrong)},            # someone else's token
-                {**{k: v for k, v in head.env.items() if k != "RAY_AUTH_TOKEN_PATH"}, "HOME": str(home)}):  # none
-        out = basin("submit", "s.yaml", "--address", head.address, env=env, cwd=tmp_path, timeout=60)
-        assert out.returncode == 2, out.stdout + out.stderr
-        assert "needs its token" in out.stderr and "Traceback" not in out.stderr
+    for env, says in (({**head.env, "RAY_AUTH_TOKEN_PATH": str(wrong)}, "refused this machine's token"),  # another's
+                      ({**{k: v for k, v in head.env.items() if k != "RAY_AUTH_TOKEN_PATH"}, "HOME": str(home)},
+                       "needs its token and none was found")):                                           # none
+        for cmd in (["submit", "s.yaml"], ["logs", "basin-x-1"]):
+            out = basin(*cmd, "--address", head.address, env=env, cwd=tmp_path, timeout=60)
+            assert out.returncode == 2, out.stdout + out.stderr
+            assert says in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
 def test_submit_checks_before_sending(head, tmp_path):
@@ -191,9 +193,42 @@ def test_submit_checks_before_sending(head, tmp_path):
                 cwd=tmp_path, timeout=60)
     assert out.returncode == 2 and "inside the working directory" in out.stderr
 
+    out = basin("submit", "s.yaml", "--address", head.address, "--set", "epoch=2", env=head.env, cwd=tmp_path,
+                timeout=60)
+    assert out.returncode == 2 and "--set epoch: unknown trial field (did you mean 'epochs'?)" in out.stderr
+
+
+def test_a_submit_where_no_cluster_answers_is_one_line(tmp_path):
+    """No cluster at the address, or a web server that is not Ray's dashboard: one line each, no traceback."""
+    (tmp_path / "s.yaml").write_text(SWEEP)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "x" * 64}
     closed = f"http://127.0.0.1:{free_ports(1)[0]}"
-    out = basin("submit", "s.yaml", "--address", closed, env=head.env, cwd=tmp_path, timeout=60)
-    assert out.returncode == 2 and "cannot reach the Ray dashboard" in out.stderr
+    for cmd in (["submit", "s.yaml"], ["logs", "basin-x-1"]):
+        out = basin(*cmd, "--address", closed, env=env, cwd=tmp_path, timeout=60)
+        assert out.returncode == 2 and "cannot reach the Ray dashboard" in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+    port = free_ports(1)[0]
+    web = subprocess.Popen([sys.executable, "-u", "-m", "http.server", "--bind", "127.0.0.1", str(port)],
+                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert "Serving HTTP" in web.stdout.readline()  # printed once it listens
+        out = basin("submit", "s.yaml", "--address", f"http://127.0.0.1:{port}", env=env, cwd=tmp_path, timeout=60)
+    finally:
+        web.terminate()
+        web.wait(10)
+    assert out.returncode == 2 and "not a Ray dashboard" in out.stderr, out.stderr
+
+
+def test_set_travels_with_the_job(tmp_path):
+    """`basin submit --set` is checked here and forced on the head's run: part of the entrypoint."""
+    from orchestrator.submit import plan
+
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(SWEEP)
+    p = plan(str(sweep), str(tmp_path), "s3://b/r", None, env={}, overrides=["epochs=1", "width=8"])
+    assert " --set epochs=1 --set width=8 " in p["entrypoint"]
+    assert {t.config.epochs for t in p["sweep"].trials} == {1}
 
 
 def test_where_a_submitted_sweep_writes(tmp_path):
