@@ -6,6 +6,8 @@
     analysis.robustness_table(r).markdown()
     analysis.best_of_axis(r, "dropout")    # the subspaces paper's "Dropout (best)": picked on validation
     analysis.build_report("results", "report")
+    analysis.group_stats(df, ["method", "shape"], "accuracy")  # mean, std, sem, 95% t interval, n per group
+    analysis.scorecard(r)                  # the seed papers' claims: paired differences over seeds, verdicts
 
 The analysis functions load on first use, so `import analysis` (or analysis.load) stays light.
 """
@@ -29,6 +31,7 @@ _LAZY = {
     "select": "analysis.trials", "build_report": "analysis.report",
     "corruption_table": "analysis.corruptions", "robustness_curves": "analysis.corruptions",
     "cell_maps": "analysis.patterns", "colour_gaps": "analysis.patterns", "gap_curves": "analysis.patterns",
+    "group_stats": "analysis.claims", "scorecard": "analysis.claims", "CLAIMS": "analysis.claims",
 }
 
 __all__ = ["Results", "load", *_LAZY]

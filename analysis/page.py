@@ -39,7 +39,7 @@ def _table(it: Item, pre: str, folded: bool) -> str:
     links = " · ".join(f"<a href='{e(pre + str(f))}'>{e(f.suffix[1:])}</a>" for f in it.files
                        if f.suffix in (".csv", ".md"))
     body = t.html(MAX_ROWS) + f"<p class=cap>{links}</p>"
-    if not folded and t.rows <= OPEN_ROWS:
+    if not folded and (t.rows <= OPEN_ROWS or getattr(t, "always_open", False)):
         return body
     what = "Table beneath this figure" if it.kind == "figure" else "Show the table"
     return f"<details><summary>{e(what)}: {e(t.title)} ({t.rows} rows)</summary>{body}</details>"

@@ -17,7 +17,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis import calibration, compare, corruptions, diversity, ensembles, landscape, patterns, plots, probes, tables
+from analysis import (
+    calibration,
+    claims,
+    compare,
+    corruptions,
+    diversity,
+    ensembles,
+    landscape,
+    patterns,
+    plots,
+    probes,
+    tables,
+)
 from analysis.predictions import Probs, load_core
 from analysis.tables import Table
 from analysis.trials import caption, fmt_value, label, setting_axes, untrained, with_groups
@@ -440,6 +452,10 @@ def diverged_or_untrained(ctx: Context) -> None:
 
 
 SECTIONS: list[Section] = [
+    Section("claims", "Claims scorecard", claims.section,
+            "Each claim of the seed papers, judged on this sweep by paired differences over seeds (same other "
+            "axes) with a 95% t interval: holds, not shown (the interval includes 0), reversed, or cannot be "
+            "judged (and why). analysis/claims.py: CLAIMS, docs/analysis.md."),
     Section("diverged", "Diverged or untrained trials", diverged_or_untrained,
             "Trials whose training loss became NaN or infinite: they stopped at that epoch (their epochs rows are "
             "kept) and are excluded from the means below. Trials that finished at chance (a finite loss, but a "

@@ -10,7 +10,9 @@ the experiment named after the sweep.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -68,10 +70,45 @@ def parent_run(sweep: str, source: str, tracking_uri: str | None = None) -> tupl
 
 
 def log_report(folder: str | Path, uri: str, run_id: str) -> None:
-    """A sweep's report folder as artifacts (under report/) of its parent run."""
+    """A sweep's report folder as artifacts (under report/) of its parent run, and its claims scorecard as a
+    table on the run (log_claims)."""
     from mlflow.tracking import MlflowClient
 
-    MlflowClient(tracking_uri=uri).log_artifacts(run_id, str(folder), artifact_path="report")
+    client = MlflowClient(tracking_uri=uri)
+    client.log_artifacts(run_id, str(folder), artifact_path="report")
+    log_claims(client, folder, run_id)
+
+
+CLAIMS_TAG = "basin.claims"
+
+
+def log_claims(client: Any, folder: str | Path, run_id: str) -> bool:
+    """The report's claims scorecard (tables/claims.csv, analysis/claims.py) on the run: `claims.json` in the
+    format mlflow.log_table writes (orient "split", listed in the mlflow.loggedArtifacts tag, so the UI shows
+    it as a table), replaced rather than appended to when the report is logged again; and the tag
+    basin.claims with the count of each verdict. False when the report has no scorecard."""
+    import pandas as pd
+    from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+    from analysis.claims import counts
+
+    csv = Path(folder) / "tables" / "claims.csv"
+    if not csv.exists():
+        return False
+    card = pd.read_csv(csv)
+    for c in card.columns:  # an empty CSV cell is "" in a text column (why, over), not NaN
+        if not pd.api.types.is_numeric_dtype(card[c]):
+            card[c] = card[c].fillna("")
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "claims.json"
+        card.to_json(path, orient="split", index=False)
+        client.log_artifact(run_id, str(path))
+    logged = json.loads(client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+    entry = {"path": "claims.json", "type": "table"}
+    if entry not in logged:
+        client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*logged, entry]))
+    client.set_tag(run_id, CLAIMS_TAG, counts(card))
+    return True
 
 
 def sweeps_in(results: str, only: list[str] | None) -> list[tuple[str, str]]:
@@ -138,6 +175,42 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if rep.sweep in runs:
             uri, run_id = runs[rep.sweep]
             log_report(rep.folder, uri, run_id)
-            print(f"{rep.sweep}: logged to MLflow run {run_id} (artifacts report/)")
+            print(f"{rep.sweep}: logged to MLflow run {run_id} (artifacts report/, table claims.json)")
     print(f"report: {Path(args.out) / 'index.html'} ({time.time() - t0:.1f} s)")
+    return 0
+
+
+# -- basin claims -------------------------------------------------------------------------------------------
+def add_claims_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", metavar="RESULTS",
+                   help="a results folder (RESULTS/trials/...) or a folder of sweep folders; local or s3://")
+    p.add_argument("--json", action="store_true", help="print the scorecard as JSON (one object per row)")
+    p.add_argument("--by", action="append", default=[], metavar="AXIS",
+                   help="one verdict per value of this axis instead of pooling over it (repeatable)")
+    p.add_argument("--sweep", action="append", default=None, help="only this sweep (repeatable)")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the t interval (default 0.95)")
+
+
+def cmd_claims(args: argparse.Namespace) -> int:
+    """The seed papers' claims judged on RESULTS (analysis/claims.py): a plain table, or JSON."""
+    import pandas as pd
+
+    from analysis.claims import format_text, scorecard
+    from analysis.load import load
+    from analysis.report import results_folders
+
+    if not 0 < args.level < 1:
+        raise UserError(f"--level: expected a probability between 0 and 1, got {args.level}")
+    folders = results_folders(args.results)
+    if not folders:
+        raise UserError(f"{args.results}: not a results folder (expected {args.results}/trials/*.parquet "
+                        f"or {args.results}/<sweep>/trials/*.parquet)")
+    cards = [scorecard(load(f), by=args.by, level=args.level, sweeps=args.sweep) for f in folders]
+    card = pd.concat(cards, ignore_index=True) if cards else pd.DataFrame()
+    if args.sweep and card.empty:
+        raise UserError(f"--sweep: none of {', '.join(args.sweep)} found under {args.results}")
+    if args.json:
+        print(json.dumps(json.loads(card.to_json(orient="records")), indent=1, ensure_ascii=False))
+    else:
+        print(format_text(card, args.level))
     return 0

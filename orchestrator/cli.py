@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ui": ("orchestrator.ui", "open the MLflow UI on a sweep's runs (127.0.0.1)"),
     "compact": ("orchestrator.status", "merge a results folder's Parquet files into few large ones"),
     "analyze": ("orchestrator.analyze", "write a report folder (figures, tables, index.html) from results"),
+    "claims": ("orchestrator.analyze", "judge the seed papers' claims on results: holds, not shown, reversed"),
     "check-cluster": ("orchestrator.cluster", "check a Ray cluster file and its nodes before `ray up`"),
     "submit": ("orchestrator.submit", "submit a sweep to a Ray cluster as a Ray job"),
     "logs": ("orchestrator.submit", "follow the logs of a submitted sweep job"),

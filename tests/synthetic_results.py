@@ -131,3 +131,32 @@ def write_study(root: Path, sweep: str = "synth", variants: Iterable[str] = tupl
     for t in ("evals", "predictions", "weights", "trials"):  # trials last, as trials write them
         Folder(str(root)).write_table(f"{t}/part-0.parquet", to_arrow(t, tables[t]))
     return count
+
+
+def write_trials(root: Path, trials: Iterable[tuple[dict[str, Any], list[dict[str, Any]]]],
+                 sweep: str = "planted") -> int:
+    """Trials with the given config values and exactly the given evals rows (each a dict with `point` and
+    the metrics; `split` defaults to test, `kind` to what the point's name says, `member_of`, `corruption`
+    and `severity` to none), written with the real writers: for tests that plant an effect and so know the
+    answer. Returns the number of trials."""
+    kinds = {"endpoint_": ("endpoint", "endpoints"), "ensemble_": ("ensemble", ""), "member_": ("member", "members"),
+             "snapshot_": ("snapshot", "snapshots"), "center": ("center", ""), "point": ("center", ""),
+             "swa": ("swa", ""), "early_stop": ("early_stop", ""), "black": ("colour", ""),
+             "white": ("colour", ""), "gap": ("gap", "")}
+    tables: dict[str, list[dict[str, Any]]] = {"trials": [], "evals": []}
+    count = 0
+    for values, rows in trials:
+        cfg = make_config({"epochs": 4, **values})
+        ident = dict(sweep=sweep, trial_key=cfg.key(), attempt=0)
+        main, ens = {**MAIN, "mpo": ("black", "")}.get(cfg.method) or \
+            (("point", "") if cfg.shape == "point" else ("center", "ensemble_endpoints"))
+        for r in rows:
+            kind, member_of = next((v for k, v in kinds.items() if r["point"].startswith(k)), ("center", ""))
+            tables["evals"].append({**ident, "epoch": cfg.epochs, "split": "test", "kind": kind, "members": 1,
+                                    "member_of": member_of, "corruption": "", "severity": 0, **r})
+        tables["trials"].append(trial_row(cfg.to_dict(), **ident, name=cfg.key(), status="completed", error="",
+                                          main_point=main, main_ensemble=ens))
+        count += 1
+    for t in ("evals", "trials"):  # trials last, as trials write them
+        Folder(str(root)).write_table(f"{t}/part-0.parquet", to_arrow(t, tables[t]))
+    return count
