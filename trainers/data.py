@@ -148,7 +148,10 @@ def read_idx_split(images: str, labels: str, name: str) -> tuple[np.ndarray, np.
     classes = INPUT_SHAPES[name][1]
     if len(y) and int(y.max()) >= classes:
         raise DataError(f"{labels}: label {int(y.max())} out of range (dataset {name} has labels 0-{classes - 1})")
-    return x[:, None], y.astype(np.int64)
+    # x[:, None] through ascontiguousarray, as torchvision's reader was read before: numpy's strides decide the
+    # tensors' memory format (1-channel training images come out NHWC-strided, where CPU convolutions run
+    # ~1.5x faster), so this keeps both the speed and the numbers of earlier MNIST trials
+    return np.ascontiguousarray(x[:, None]), y.astype(np.int64)
 
 
 def _idx(name: str):
@@ -279,19 +282,18 @@ def stratified_subset(y: np.ndarray, n: int, seed: int | tuple[int, ...]) -> np.
     return np.sort(np.concatenate(picked))
 
 
-def _subset(x: np.ndarray, y: np.ndarray, n: int, field: str, name: str, split: str, classes: int,
-            stream: int) -> tuple[np.ndarray, np.ndarray]:
-    """`x, y` cut to a stratified subset of n (0 = all), or a DataError naming the field and the split's size."""
+def _subset(y: np.ndarray, n: int, field: str, name: str, split: str, classes: int, stream: int) -> np.ndarray:
+    """Indices of a stratified subset of n of the labels y (0 = all of them, in order), or a DataError naming
+    the field and the split's size."""
     if not n:
-        return x, y
+        return np.arange(len(y))
     if not classes <= n <= len(y):
         raise DataError(f"{field}: expected 0 (all) or {classes} to {len(y)} (the {split} images of dataset "
                         f"{name}, {classes} classes), got {n}")
     # Drawn from SPLIT_SEED, the seed of the validation split: like that split, the subset is a fact of the
     # study, the same for every trial (whatever its seed or noise_seed), so seeds and methods are compared on
     # the same images. `stream` keeps the train and test draws apart from each other and from the split.
-    keep = stratified_subset(y, n, seed=(SPLIT_SEED, stream))
-    return x[keep], y[keep]
+    return stratified_subset(y, n, seed=(SPLIT_SEED, stream))
 
 
 def load(name: str, data_dir: str = "~/.cache/basin/data", download: bool = False, val_fraction: float = 0.1,
@@ -306,11 +308,14 @@ def load(name: str, data_dir: str = "~/.cache/basin/data", download: bool = Fals
     if num_classes:
         tx, ty, sx, sy = tx[ty < num_classes], ty[ty < num_classes], sx[sy < num_classes], sy[sy < num_classes]
     classes = int(max(ty.max(), sy.max()) + 1)  # before the subsets: a class they miss still has its output
-    tx, ty = _subset(tx, ty, train_size, "train_size", name, "training", classes, stream=1)
-    sx, sy = _subset(sx, sy, test_size, "test_size", name, "test", classes, stream=2)
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(tx))
-    n_val = int(round(val_fraction * len(tx)))
-    val, train = order[:n_val], order[n_val:]
+    keep = _subset(ty, train_size, "train_size", name, "training", classes, stream=1)
+    if test_size:
+        sx, sy = (a[_subset(sy, test_size, "test_size", name, "test", classes, stream=2)] for a in (sx, sy))
+    # The split indexes the subset (keep[...]): one numpy gather from the file's arrays, as without a subset,
+    # so the images' memory format (numpy's strides, see read_idx_split) does not depend on train_size.
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(keep))
+    n_val = int(round(val_fraction * len(keep)))
+    val, train = keep[order[:n_val]], keep[order[n_val:]]
 
     x_train = torch.from_numpy(tx[train]).float().div_(255)
     mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
@@ -326,6 +331,13 @@ def load(name: str, data_dir: str = "~/.cache/basin/data", download: bool = Fals
                  val_y=torch.from_numpy(ty[val]), test_x=norm(sx), test_y=torch.from_numpy(sy), classes=classes,
                  augment=AUGMENT.get(name, "") if augment else "", mean=mean, std=std)
     return with_noise(clean, label_noise, noise_seed)
+
+
+def rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """t[idx] for a 1-D index of the first dimension, gathered with index_select (half the time of t[idx] on
+    CPU: a Fashion-MNIST MLP epoch ran 6% faster) into the memory format of t (index_select alone would
+    return NCHW strides, and 1-channel NHWC-strided images would lose the faster CPU convolutions)."""
+    return torch.index_select(t, 0, idx, out=torch.empty_like(t[:len(idx)]))
 
 
 def with_noise(clean: Data, rate: float, seed: int) -> Data:
