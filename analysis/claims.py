@@ -458,6 +458,9 @@ def scorecard(results: Any, claims: Iterable[Claim] | None = None, by: Sequence[
         if sweeps and sweep not in sweeps:
             continue
         view = select(results, sweep)
+        if view.trials.empty:
+            rows += [_row(c, sweep, by, why="no completed trials") for c in claims]
+            continue
         data = _Data(view, probs if len(names) == 1 else None)
         for c in claims:
             rows += judge(c, data, view.trials, by, level, sweep)
@@ -521,13 +524,13 @@ class Scorecard(Table):
         e = html.escape
         c = self.views[0].cells
         verdicts = list(self.data["verdict"])
-        head = "".join(f"<th>{e(str(x))}</th>" for x in c.columns)
+        head = "".join(f"<th>{e(str(x))}</th>" for x in [c.index.name or "", *c.columns])
         body = []
-        for i, r in enumerate(c.itertuples(index=False)):
+        for i, (claim, r) in enumerate(zip(c.index, c.itertuples(index=False), strict=True)):
             if max_rows is not None and i >= max_rows:
                 break
             bg, fg = COLOURS.get(verdicts[i], ("#fff", "#222"))
-            tds = []
+            tds = [f"<th style='white-space:normal;max-width:32em'>{e(str(claim))}</th>"]
             for name, v in zip(c.columns, r, strict=True):
                 if name == "verdict":
                     tds.append(f"<td style='background:{bg};color:{fg};white-space:normal;text-align:left;"

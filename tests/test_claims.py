@@ -211,6 +211,7 @@ def test_the_scorecard_is_the_reports_first_section(tmp_path: Path):
     assert (rep.folder / "tables" / "claims.csv").exists()
     page = (rep.folder / "index.html").read_text()
     assert page.index("Claims scorecard") < page.index("Main results")
+    assert "the midpoint of a line or simplex is more accurate than standard training (pooled over batchnorm)" in page
     assert "background:#d9f2dd" in page and "background:#f8d7da" in page   # holds green, reversed red
     assert "<details><summary>Show the table: Claims" not in page           # open at any length
 
