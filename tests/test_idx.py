@@ -207,8 +207,6 @@ def test_subsets_are_stratified_and_drawn_before_the_validation_split(skewed):
     assert d.classes == 10
 
 
-@pytest.mark.xfail(strict=True, reason="trainers/train.py (Run) and trainers/pack.py (shared_data) do not pass "
-                   "train_size / test_size to data.load yet: remove this mark once they do")
 def test_a_trial_trains_on_its_subsets(skewed):
     root, arrays = skewed
     cfg = make_config({"dataset": "mnist", "data_dir": root, "shape": "point", "epochs": 1, "warmup_epochs": 0,

@@ -57,7 +57,6 @@ def test_more_cpus_than_the_local_ray_gets_are_refused(tmp_path, capsys, monkeyp
 
 @pytest.mark.parametrize("dataset, expected, how", [
     ("cifar10", "cifar-10-batches-py/data_batch_1", "set download: true, or place the files there"),
-    ("mnist", "MNIST/raw/train-images-idx3-ubyte", "set download: true, or place the files there"),
     ("svhn", "train_32x32.mat", "set download: true, or place the files there"),
     ("tiny_imagenet", "tiny-imagenet-200/wnids.txt", "it has no download: unpack the official zip into data_dir"),
 ])

@@ -135,7 +135,7 @@ def shared_data(cfgs: list[TrialConfig]) -> list[datasets.Data]:
     """The data set loaded once, on the device, with each trial's own label noise."""
     c = cfgs[0]
     clean = resident(datasets.load(c.dataset, c.data_dir, c.download, c.val_fraction, 0.0, 0, c.augment,
-                                   c.num_classes), c)
+                                   c.num_classes, c.train_size, c.test_size), c)
     return [datasets.with_noise(clean, cfg.label_noise, cfg.noise_seed) for cfg in cfgs]
 
 

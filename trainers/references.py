@@ -15,7 +15,7 @@ KEY_RE = re.compile(r"^[0-9a-f]{16}$")
 # Fields that fix the shape of the weights: an endpoint must agree on all of them.
 ARCHITECTURE = ("dataset", "model", "width", "batchnorm", "num_classes")
 # An endpoint named by an axis also agrees on the data it was trained on.
-SAME_DATA = (*ARCHITECTURE, "val_fraction", "label_noise", "noise_seed")
+SAME_DATA = (*ARCHITECTURE, "val_fraction", "label_noise", "noise_seed", "train_size", "test_size")
 
 
 class EndpointError(ValueError):

@@ -100,7 +100,7 @@ class Run:
         self.device = pick_device(cfg.device)
         self.data = d = data if data is not None else resident(datasets.load(
             cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.label_noise, cfg.noise_seed,
-            cfg.augment, cfg.num_classes), cfg)
+            cfg.augment, cfg.num_classes, cfg.train_size, cfg.test_size), cfg)
         self.corrupted = corruption_sets.for_trial(cfg, d)  # checked now: a bad -C folder fails before training
         torch.manual_seed(cfg.seed)  # model initialisation only; everything later draws from `g`
         self.method = methods.build(cfg, d, self.device, getattr(sink, "endpoint_states", None))
