@@ -97,7 +97,7 @@ def ssh_command(cfg: dict[str, Any], ip: str, remote: str) -> list[str]:
 def node_problems(cfg: dict[str, Any], where: str, ip: str, head: bool) -> tuple[list[str], str]:
     """(problems, what is fine) of one node of a local-provider cluster, from setup-node.sh --check there."""
     storage = str(((cfg.get("metadata") or {}).get("basin") or {}).get("storage", ""))
-    args = [storage or "''", *(map(str, HEAD_PORTS) if head else ())]
+    args = [storage or "''", *([ip, *map(str, HEAD_PORTS)] if head else [])]
     cmd = ssh_command(cfg, ip, "bash -s -- --check " + " ".join(args))
     try:
         done = subprocess.run(cmd, input=SETUP_SCRIPT.read_text(), capture_output=True, text=True, timeout=60)

@@ -10,10 +10,10 @@
 #   - token auth (RAY_AUTH_MODE=token) and the environment in every login shell, where Ray runs its commands.
 #
 #   setup-node.sh [SOURCE]    (default ~/basin, where the cluster file mounts the checkout)
-#   setup-node.sh --check [STORAGE [PORT ...]]
+#   setup-node.sh --check [STORAGE [ADDRESS PORT ...]]
 #                             change nothing; print what this node lacks, one line each (`basin check-cluster`
 #                             sends this script over SSH before `ray up`): Python >= 3.11 with venv, rsync, the
-#                             shared storage writable, the head's ports free
+#                             shared storage writable, the head's ports free (on 127.0.0.1 and on ADDRESS)
 #
 # Every step fails where it fails (set -euo pipefail) with one line saying what is missing.
 set -euo pipefail
@@ -41,8 +41,11 @@ if [ "${1:-}" = "--check" ]; then
   if [ -n "$storage" ] && [ "${storage#*://}" = "$storage" ]; then
     [ -d "$storage" ] && [ -w "$storage" ] || echo "missing: a writable shared storage folder at $storage"
   fi
+  address="${1:-127.0.0.1}"; [ $# -gt 0 ] && shift
   for port in "$@"; do  # bash's /dev/tcp: is anything listening there already?
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "taken: port $port"; fi
+    for host in 127.0.0.1 "$address"; do
+      if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then echo "taken: port $port"; break; fi
+    done
   done
   exit 0
 fi

@@ -93,7 +93,7 @@ def test_node_check_names_what_a_node_lacks(tmp_path):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        out = subprocess.run(["bash", script, "--check", str(tmp_path / "nope"), str(port)],
+        out = subprocess.run(["bash", script, "--check", str(tmp_path / "nope"), "127.0.0.1", str(port)],
                              capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
