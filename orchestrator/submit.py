@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import shlex
 import sys
@@ -173,6 +174,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     sweep = p["sweep"]
     client = job_client(args.address)
     submission_id = f"basin-{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    # Ray's INFO lines about zipping and uploading the working directory would stand before our own lines.
+    for name in ("ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     with jobs_api(args.address):
         job_id = client.submit_job(
             entrypoint=p["entrypoint"],

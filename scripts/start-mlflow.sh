@@ -7,7 +7,8 @@
 #                                          MLFLOW_TRACKING_URI=http://<head address>:5000   where trials log
 #                                          BASIN_STORAGE=<shared storage>    where relative `results` go
 #                                          BASIN_HEAD_IP=<head address>      the address Ray advertises
-#   start-mlflow.sh --watch              after `ray start`: end the server when this user's Ray head ends
+#   start-mlflow.sh --watch [GCS_PORT]   after `ray start --head --port=GCS_PORT` (default 6379): end the server
+#                                        when that Ray head of this user ends
 #   start-mlflow.sh --stop               end the server (and its watcher) now
 # BOOTSTRAP_CONFIG defaults to ~/ray_bootstrap_config.yaml, the cluster file as `ray up` copies it to the head.
 #
@@ -43,9 +44,9 @@ case "${1:-}" in
     say "stopped"
     exit 0 ;;
   --watch)
-    # The head's GCS is this user's gcs_server (found, not killed, by name); when `ray stop` ends it, the
-    # watcher ends the server's process group. tail --pid waits on the process without a shell loop.
-    gcs="$(pgrep -u "$(id -u)" -x gcs_server | head -1 || true)"
+    # The head's GCS is this user's gcs_server serving that port (found, not killed, by its command line);
+    # when `ray stop` ends it, the watcher ends the server's process group. tail --pid waits without a loop.
+    gcs="$(pgrep -u "$(id -u)" -f -- "gcs_server .*--gcs_server_port=${2:-6379}( |\$)" | head -1 || true)"
     if [ -z "$gcs" ] || ! [ -f "$state/server.pid" ]; then
       say "nothing to watch (Ray head or MLflow server not running)" >&2
       exit 1

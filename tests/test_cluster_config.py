@@ -9,7 +9,6 @@ import copy
 import ipaddress
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -248,11 +247,11 @@ def test_head_mlflow_script_starts_a_server(tmp_path):
         assert second != first and not psutil.pid_exists(first)
         assert client.get_run(run_id).data.metrics == {"acc": 0.5}       # same store after the restart
 
-        assert run("--watch").returncode == 1                              # no Ray head: nothing to watch
-        fake = tmp_path / "gcs_server"
-        shutil.copy("/bin/sleep", fake)
-        gcs = subprocess.Popen([str(fake), "600"])
-        watch = run("--watch")
+        gcs_port = str(free_port())
+        assert run("--watch", gcs_port).returncode == 1                    # no Ray head there: nothing to watch
+        # a process whose command line is a Ray head's GCS on that port
+        gcs = subprocess.Popen(["bash", "-c", f'exec -a "gcs_server --gcs_server_port={gcs_port}" sleep 600'])
+        watch = run("--watch", gcs_port)
         assert watch.returncode == 0 and f"gcs_server pid {gcs.pid}" in watch.stdout
         server = psutil.Process(second)
         gcs.terminate()

@@ -283,14 +283,27 @@ def test_ray_up_submit_and_ray_down_on_loopback(node):
     node.run("ray", "get-auth-token", "--generate", timeout=60)
     timings = {}
 
-    # basin check-cluster first, as docs/cluster.md says: a port the head needs, held by another program,
-    # is named before anything starts; free, the file and the node pass.
+    # basin check-cluster first, as docs/cluster.md says: a port the head needs, held by another program (as
+    # another Ray on the head holds the job agent's), is named before anything starts. Launched anyway, the
+    # cluster comes up without its job agent, and `basin submit` says so in one line.
     with socket.socket() as held:
         held.bind(("127.0.0.1", 52365))
         held.listen()
         check = node.run("basin", "check-cluster", "cluster-local.yaml", cwd=checkout, timeout=120, check=False)
-    assert check.returncode == 2 and check.stdout.strip() == \
-        "cluster-local.yaml: provider.head_ip 127.0.0.1: taken: port 52365", check.stdout + check.stderr
+        assert check.returncode == 2 and check.stdout.strip() == \
+            "cluster-local.yaml: provider.head_ip 127.0.0.1: taken: port 52365", check.stdout + check.stderr
+        up = node.run("ray", "up", "-y", "--no-config-cache", "cluster-local.yaml", cwd=checkout, timeout=3600,
+                      check=False)
+        (node.home / "ray-up-agent-port-taken.log").write_text(up.stdout + up.stderr)
+        if up.returncode == 0:
+            sub = node.run("basin", "submit", "sweeps/launch-check.yaml", "--address", "http://127.0.0.1:8265",
+                           cwd=checkout, timeout=600, check=False)
+            assert sub.returncode == 2 and len(sub.stderr.strip().splitlines()) == 1, sub.stdout + sub.stderr
+            assert "the head's job agent is not running" in sub.stderr and "52365" in sub.stderr, sub.stderr
+            log("agent port taken: `ray up` succeeds, `basin submit` says: " + sub.stderr.strip()[:110] + "...")
+        else:
+            log(f"agent port taken: `ray up` fails (exit {up.returncode})")
+        node.run("ray", "down", "-y", "cluster-local.yaml", cwd=checkout, timeout=600)
     t = time.monotonic()
     check = node.run("basin", "check-cluster", "cluster-local.yaml", cwd=checkout, timeout=120)
     assert "provider.head_ip 127.0.0.1: Python 3." in check.stdout and check.stdout.rstrip().endswith("next")
