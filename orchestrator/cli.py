@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -29,6 +30,9 @@ class UserError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # MLflow prints two lines ("View run … at", "View experiment at") for every run it ends on a tracking
+    # server: 2,000 lines of a 1,000-trial job log. basin prints where the runs are once, at the end.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     parser = argparse.ArgumentParser(prog="basin", description="Sweeps for loss-landscape studies.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     wanted = argv[0] if argv and argv[0] in COMMANDS else None
