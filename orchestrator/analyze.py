@@ -69,13 +69,43 @@ def parent_run(sweep: str, source: str, tracking_uri: str | None = None) -> tupl
     return uri, run_id
 
 
+EMBEDDED = "report.html"  # the report as one file, beside the folder report/ on the sweep's run
+_MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+
+
+def embedded_html(folder: str | Path) -> str:
+    """A sweep's report page (<folder>/index.html) as one self-contained file: every image it shows embedded
+    as a data URI, so that it renders whole where relative links do not resolve (MLflow's artifact viewer).
+    Links to the full-size PNG of a figure are dropped (the image is the figure); links to CSV, Markdown and
+    SVG files stay, relative to the report folder."""
+    import base64
+    import html
+    import re
+
+    folder = Path(folder)
+    page = (folder / "index.html").read_text()
+
+    def inline(m: re.Match) -> str:
+        path = folder / html.unescape(m.group(2))
+        mime = _MIME.get(path.suffix.lower())
+        if mime is None or not path.is_file() or not path.resolve().is_relative_to(folder.resolve()):
+            return m.group(0)
+        return f"src={m.group(1)}data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}{m.group(1)}"
+
+    page = re.sub(r"""src=(['"])(?!data:|https?:|/)([^'"]+)\1""", inline, page)
+    return re.sub(r"""<a href=(['"])[^'"]+\.png\1""", "<a", page)
+
+
 def log_report(folder: str | Path, uri: str, run_id: str) -> None:
-    """A sweep's report folder as artifacts (under report/) of its parent run, and its claims scorecard as a
-    table on the run (log_claims)."""
+    """A sweep's report folder as artifacts (under report/) of its parent run, the same page as one
+    self-contained file (report.html, embedded_html) beside it, and its claims scorecard as a table on the run
+    (log_claims)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     client.log_artifacts(run_id, str(folder), artifact_path="report")
+    if (Path(folder) / "index.html").exists():
+        client.log_text(run_id, embedded_html(folder), EMBEDDED)
     log_claims(client, folder, run_id)
 
 
@@ -175,7 +205,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if rep.sweep in runs:
             uri, run_id = runs[rep.sweep]
             log_report(rep.folder, uri, run_id)
-            print(f"{rep.sweep}: logged to MLflow run {run_id} (artifacts report/, table claims.json)")
+            print(f"{rep.sweep}: logged to MLflow run {run_id} (artifacts report.html, report/, table claims.json)")
     print(f"report: {Path(args.out) / 'index.html'} ({time.time() - t0:.1f} s)")
     return 0
 

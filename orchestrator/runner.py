@@ -32,7 +32,7 @@ from orchestrator.cli import UserError
 from orchestrator.store import Store, storage_fault, storage_line
 from orchestrator.sweep import Sweep, Trial, add_set_arg, describe, is_uri, load_sweep
 from orchestrator.sync import heal, record_sync, sweep_mirror
-from orchestrator.tracking import Mirror, eval_metrics, probe_metrics, summary_metrics
+from orchestrator.tracking import FINAL_STEP, Mirror, eval_metrics, probe_metrics, summary_metrics
 from trainers.config import TrialConfig
 from trainers.folder import unreadable
 from trainers.schema import FINAL_STATUSES, TABLES, main_test_accuracy
@@ -190,7 +190,7 @@ class TuneSink:
                      test_accuracy=main_test_accuracy(tables.get("evals", []), trial.get("main_point") or ""),
                      finished_at=trial.get("finished_at"), io=dict(self.io),
                      metrics=[list(m) for m in metrics]
-                     + [[k, v, self.epochs] for k, v in probe_metrics(tables.get("probes", [])).items()])
+                     + [[k, v, FINAL_STEP] for k, v in probe_metrics(tables.get("probes", [])).items()])
 
 
 def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:

@@ -12,13 +12,30 @@ changes nothing. Trials with no row yet (never ran, or interrupted) are left alo
 from __future__ import annotations
 
 import json
+import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.cli import UserError
 from orchestrator.store import Store
 from orchestrator.sweep import Sweep, Trial
-from orchestrator.tracking import EPOCH_METRICS, FoundRun, Mirror, eval_metrics, probe_metrics, summary_metrics
+from orchestrator.tracking import (
+    EPOCH_METRICS,
+    FINAL_STEP,
+    GROUP_ROLE,
+    MAX_METRICS,
+    MAX_PARAMS,
+    ROLE_TAG,
+    FoundRun,
+    Mirror,
+    eval_metrics,
+    group_metrics,
+    group_values,
+    param,
+    probe_metrics,
+    summary_metrics,
+)
 from trainers.schema import FINAL_STATUSES
 
 SEND_EVERY = 200  # trials queued between two sends: memory stays bounded on a sweep of 10,000 trials
@@ -42,8 +59,9 @@ def sweep_mirror(sweep: Sweep, uri: str, warn: Any = None, live: bool = True) ->
                   artifact_location=f"file://{sweep.dir}/mlartifacts" if local_store else None, warn=warn,
                   description=(sweep.description + "\n\n" if sweep.description else "")
                   + f"The sweep `{sweep.name}` ({len(sweep.trials)} trials): its file (artifact sweep.yaml), "
-                    "per seed group the mean and std over seeds of each headline metric (metrics group/...) "
-                    "and the report of its latest run (artifacts report/index.html).",
+                    "its seed groups as runs nested under it (tag basin.role = group: the mean, std and count "
+                    "over seeds of each headline metric) and the report of its latest run (artifact "
+                    "report.html, one page with its figures; the folder under report/).",
                   sweep_params=sweep_params(sweep), experiment_tags=experiment_tags(sweep), live=live)
 
 
@@ -62,11 +80,12 @@ class Healed:
     deleted: int = 0     # second runs of one trial
     complete: int = 0    # runs that were complete already
     parent: bool = False  # the parent run was closed (again)
+    groups: int = 0      # group runs created or updated (heal_groups)
     error: str = ""      # MLflow could not be reached or refused: what is left is left for a later sync
 
     @property
     def changed(self) -> int:
-        return self.created + self.completed + self.deleted
+        return self.created + self.completed + self.deleted + self.groups
 
     def describe(self, uri: str) -> str:
         if self.error:
@@ -75,7 +94,8 @@ class Healed:
             return f"MLflow at {uri} holds every run already ({self.complete} runs)"
         return (f"MLflow at {uri} synced from Parquet: {self.created} runs created, {self.completed} completed"
                 + (f", {self.deleted} duplicate runs deleted" if self.deleted else "")
-                + f", {self.complete} were complete")
+                + f", {self.complete} were complete"
+                + (f"; {self.groups} seed-group runs updated" if self.groups else ""))
 
 
 def _chosen(store: Store) -> dict[str, dict[str, Any]]:
@@ -102,12 +122,11 @@ def _rows(store: Store, table: str, chosen: dict[str, dict[str, Any]]) -> dict[s
 def expected_metrics(t: Trial, row: dict[str, Any], epochs: list[dict[str, Any]], evals: list[dict[str, Any]],
                      probes: list[dict[str, Any]]) -> list[tuple[str, float, int]]:
     """What a completed trial's run holds, (key, value, step), as the live mirror logs it: every epoch's
-    curves (step = epoch), then its evaluations and probes at step = the last epoch."""
+    curves (step = epoch), then its evaluations (tracking.eval_metrics) and probes at FINAL_STEP."""
     out = [(name, float(e[k]), int(e["epoch"])) for e in sorted(epochs, key=lambda e: e["epoch"])
            for k, name in EPOCH_METRICS.items() if isinstance(e.get(k), (int, float))]
-    last = t.config.epochs
-    out += eval_metrics(evals, row["main_point"] or "", row["main_ensemble"] or "", step=last)
-    out += [(k, v, last) for k, v in probe_metrics(probes).items()]
+    out += eval_metrics(evals, row["main_point"] or "", row["main_ensemble"] or "")
+    out += [(k, v, FINAL_STEP) for k, v in probe_metrics(probes).items()]
     return out
 
 
@@ -188,6 +207,8 @@ def heal(sweep: Sweep, uri: str, say: Any = print) -> Healed:
             if (i + 1) % SEND_EVERY == 0:
                 mirror.send()
         mirror.send()
+        times = {k: (r["started_at"], r["finished_at"]) for k, r in chosen.items() if r["status"] == "completed"}
+        done.groups = heal_groups(sweep, client, mirror.experiment_id, mirror.parent_id, times)
     except Exception as e:
         done.error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
         return done
@@ -202,6 +223,83 @@ def heal(sweep: Sweep, uri: str, say: Any = print) -> Healed:
         gap = mirror.close(wanted, {"completed": completed, "failed": failed, "total": len(sweep.trials)}, metrics)
         done.error = gap.describe(uri) if gap else ""
     return done
+
+
+def group_runs(sweep: Sweep) -> dict[str, tuple[dict[str, str], dict[str, str]]]:
+    """Per seed group label (sweep.Trial.group), the (params, tags) of its run: the sweep's axes but the seed
+    as the trials' runs show them (a field axis as a param, a group axis as a tag in words)."""
+    from orchestrator.ui import GROUP_TAG, axis_columns
+
+    columns = [(mode, name) for mode, name in axis_columns(sweep) if name != "seed"]
+    out: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
+    for t in sweep.trials:
+        if t.group in out:
+            continue
+        axes = dict(t.axes)
+        params = {name: param(getattr(t.config, name)) for mode, name in columns if mode == "param"}
+        tags = {name: str(axes.get(name, "")) for mode, name in columns if mode == "tag"}
+        out[t.group] = params, {**tags, GROUP_TAG: t.group}
+    return out
+
+
+def heal_groups(sweep: Sweep, client: Any, experiment_id: str, parent_id: str,
+                times: dict[str, tuple[float | None, float | None]] | None = None) -> int:
+    """One run per seed group, nested under the sweep's run (tag basin.role = group), holding the mean, std
+    and count over its completed trials of each headline metric (tracking.group_metrics, at FINAL_STEP) and
+    the group's axis values as params: created, or updated where Parquet says otherwise; a group run that
+    already holds these values costs no call. The same rule for `basin run`'s end and `basin sync-mlflow`
+    (both heal). A new group run spans its trials' `times` (trial key -> start, end in seconds; default:
+    now), so MLflow's Created and Duration are the group's. Returns how many group runs were created or
+    updated."""
+    from mlflow.entities import Metric, Param
+
+    from orchestrator.ui import GROUP_TAG
+
+    values = group_values(sweep.dir, {t.key: t.group for t in sweep.trials})
+    found: dict[str, Any] = {}
+    token = None
+    while True:  # pages of 1000: a study of thousands of groups is a few calls
+        page = client.search_runs([experiment_id], f"tags.`{ROLE_TAG}` = '{GROUP_ROLE}' and "
+                                  f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=1000, page_token=token)
+        for r in page:
+            found.setdefault(r.data.tags.get(GROUP_TAG, ""), r)
+        token = page.token
+        if not token:
+            break
+    changed = 0
+    now = int(time.time() * 1000)
+    span: dict[str, list[float]] = {}
+    for t in sweep.trials:
+        start, end = (times or {}).get(t.key, (None, None))
+        have = span.setdefault(t.group, [])
+        have += [x for x in (start, end) if x is not None]
+    for label, (params, tags) in group_runs(sweep).items():
+        if label not in values:  # no completed trial yet
+            continue
+        first, last = (int(min(span[label]) * 1000), int(max(span[label]) * 1000)) if span.get(label) else (now, now)
+        want = group_metrics(values[label])
+        run = found.get(label)
+        if run is None:
+            run_id = client.create_run(experiment_id, run_name=label, start_time=first, tags={
+                "mlflow.parentRunId": parent_id, ROLE_TAG: GROUP_ROLE, "basin.sweep": sweep.name, **tags}).info.run_id
+            have, have_params = {}, {}
+        else:
+            run_id, have, have_params = run.info.run_id, run.data.metrics, run.data.params
+        metrics = [Metric(k, v, now, FINAL_STEP) for k, v in want.items() if not _same(have.get(k), v)]
+        new_params = [Param(k, v) for k, v in params.items() if k not in have_params]
+        if not metrics and not new_params and run is not None and run.info.status == "FINISHED":
+            continue
+        while metrics or new_params:  # at most 1000 entities, 100 params a call
+            p, new_params = new_params[:MAX_PARAMS], new_params[MAX_PARAMS:]
+            m, metrics = metrics[:MAX_METRICS - len(p)], metrics[MAX_METRICS - len(p):]
+            client.log_batch(run_id, metrics=m, params=p)
+        client.set_terminated(run_id, status="FINISHED", end_time=last)
+        changed += 1
+    return changed
+
+
+def _same(a: float | None, b: float) -> bool:
+    return a is not None and (a == b or (math.isnan(a) and math.isnan(b)))
 
 
 def record_sync(store: Store, healed: Healed) -> None:

@@ -458,12 +458,26 @@ EPOCH_METRICS = {"train_loss": "epoch/train_loss", "train_acc": "epoch/train_acc
 # (trials.main_point / trials.main_ensemble): main/test_accuracy, main/ensemble_test_accuracy, ...
 HEADLINE = ("accuracy", "nll", "ece", "brier")
 MAIN, MAIN_ENSEMBLE = "main/test_", "main/ensemble_test_"
-# Families of points (a grid along α, over the simplex, endpoints, samples, snapshots, heads) are logged as one
-# key per metric with the index in the family as step, so MLflow draws them as curves:
-# landscape/alpha/test_accuracy. Any other point keeps its own name: test/center/accuracy.
-PROFILE_KINDS = ("alpha", "simplex", "endpoint", "sample", "random", "dropout", "gaussian", "pca", "snapshot",
-                 "member")
+# Final values (the headline, every evaluated point, probes, the group runs' statistics) are logged once at
+# this step: MLflow 3.17 draws a metric logged once at step 0 as bars (one per run) in its chart view, and one
+# logged at the last epoch N as a dot at x = N on an axis from N - 1 to N + 1.
+FINAL_STEP = 0
+# Ordered families of points (the α grid, the barycentric grid, endpoints, snapshots, heads) are logged as one
+# key per metric whose step is the point's index in the family, and the key says so:
+# landscape/alpha_index/test_accuracy (step i = the i-th α of the grid, ascending). The α values themselves
+# are the metric landscape/alpha_index/alpha at the same steps: choose it as a chart's x-axis ("X-axis:
+# metric" in MLflow's chart settings) to draw a profile against α itself (MLflow steps are integers).
+PROFILE_KINDS = ("alpha", "simplex", "endpoint", "snapshot", "member")
+# Random samples (a subspace's samples, Fort et al.'s samplers) have no order: never one joined line, each
+# is a point under its own name like any other (test/random_3/accuracy, at FINAL_STEP).
+SAMPLE_KINDS = ("sample", "random", "dropout", "gaussian", "pca")
 PROFILE = "landscape"
+ALPHA_KEY = f"{PROFILE}/alpha_index/alpha"  # the α of each step of the α profiles
+
+
+def profile_key(kind: str, split: str, metric: str, corruption: str = "") -> str:
+    """landscape/alpha_index/test_accuracy, landscape/endpoint_index/val_nll, ..._snow3_accuracy."""
+    return f"{PROFILE}/{kind}_index/{split}_{corruption + '_' if corruption else ''}{metric}"
 
 
 def headline_names(ensemble: bool = True) -> list[str]:
@@ -481,12 +495,29 @@ def headline_metrics(evals: list[dict[str, Any]], main_point: str, main_ensemble
     return out
 
 
-def summary_metrics(folder: str, groups: dict[str, str]) -> dict[str, float]:
-    """Per seed group (`groups`: trial key -> group label), the mean and std over its completed trials of
-    each headline metric, read from Parquet, as metrics of the sweep's parent run:
-    `group/<label>/main_test_accuracy_mean`, ..._std, and `group/<label>/trials`."""
-    import statistics
+# -- one run per seed group --------------------------------------------------------------------------------------
+# A group run (tag basin.role=group, nested under the sweep's run) holds, for each headline metric over the
+# completed trials of one seed group, the mean under the trial's own name and the standard deviation and count
+# under parallel prefixes, so that the chart view's `main` section holds the means only:
+#   main/test_accuracy (mean), main_std/test_accuracy (sample std, ddof 1; 0 for one trial),
+#   main_n/test_accuracy (how many trials it is over); mean and std to GROUP_DIGITS significant digits
+GROUP_ROLE = "group"
+STD_PREFIX, N_PREFIX = "main_std/", "main_n/"
 
+
+def std_name(name: str) -> str:
+    """main/test_accuracy -> main_std/test_accuracy"""
+    return STD_PREFIX + name.split("/", 1)[1]
+
+
+def n_name(name: str) -> str:
+    """main/test_accuracy -> main_n/test_accuracy"""
+    return N_PREFIX + name.split("/", 1)[1]
+
+
+def group_values(folder: str, groups: dict[str, str]) -> dict[str, dict[str, list[float]]]:
+    """Per seed group (`groups`: trial key -> group label), each headline metric's values over the group's
+    completed trials (the latest completed attempt of each), read from Parquet."""
     import pyarrow.compute as pc
 
     from trainers.folder import Folder
@@ -508,15 +539,35 @@ def summary_metrics(folder: str, groups: dict[str, str]) -> dict[str, float]:
         group = values.setdefault(groups[key], {})
         for name, v in headline_metrics(rows.get(key, []), t["main_point"] or "", t["main_ensemble"] or "").items():
             group.setdefault(name, []).append(v)
-    out = {}
-    for label, metrics in values.items():
-        prefix = f"group/{metric_label(label)}"
-        out[f"{prefix}/trials"] = float(max((len(v) for v in metrics.values()), default=0))
-        for name, v in metrics.items():
-            stem = name.replace("/", "_")
-            out[f"{prefix}/{stem}_mean"] = statistics.fmean(v)
-            out[f"{prefix}/{stem}_std"] = statistics.stdev(v) if len(v) > 1 else 0.0
+    return values
+
+
+GROUP_DIGITS = 5  # significant digits of a group's mean and std: MLflow's table shows every digit it is given
+
+
+def group_metrics(values: dict[str, list[float]]) -> dict[str, float]:
+    """One group's metrics (see GROUP_ROLE) from its values per headline metric, mean and std rounded to
+    GROUP_DIGITS significant digits (the exact values are a groupby away in Parquet)."""
+    import statistics
+
+    def sig(x: float) -> float:
+        return float(f"{x:.{GROUP_DIGITS}g}")
+
+    out: dict[str, float] = {}
+    for name, v in sorted(values.items()):
+        out[name] = sig(statistics.fmean(v))
+        out[std_name(name)] = sig(statistics.stdev(v)) if len(v) > 1 else 0.0
+        out[n_name(name)] = float(len(v))
     return out
+
+
+def summary_metrics(folder: str, groups: dict[str, str]) -> dict[str, float]:
+    """The sweep's run's own metrics: how many seed groups and completed trials it has (`sweep/groups`,
+    `sweep/completed`). The statistics per group are in the group runs (orchestrator/sync.py heal_groups),
+    not here: as metrics of one run they buried MLflow's chart view."""
+    values = group_values(folder, groups)
+    completed = sum(max((len(v) for v in metrics.values()), default=0) for metrics in values.values())
+    return {"sweep/groups": float(len(values)), "sweep/completed": float(completed)}
 
 
 def metric_label(label: str) -> str:
@@ -526,12 +577,14 @@ def metric_label(label: str) -> str:
 
 
 def eval_metrics(evals: list[dict[str, Any]], main_point: str = "", main_ensemble: str = "",
-                 step: int = 0) -> list[tuple[str, float, int]]:
-    """A finished trial's evals rows as MLflow metrics (key, value, step): the headline (at `step`, the last
-    epoch), each family of points as profiles (`landscape/alpha/test_accuracy`, step = index in the family,
-    α ascending), and every other point under its own name (`test/center/accuracy`; corrupted data:
-    `test/center/snow3/nll`)."""
-    out = [(k, v, step) for k, v in headline_metrics(evals, main_point, main_ensemble).items()]
+                 step: int = FINAL_STEP) -> list[tuple[str, float, int]]:
+    """A finished trial's evals rows as MLflow metrics (key, value, step): the headline and every single point
+    under its own name (`test/center/accuracy`; corrupted data: `test/center/snow3/nll`; random samples too:
+    `test/random_3/accuracy`) at FINAL_STEP, and each ordered family of points as profiles
+    (`landscape/alpha_index/test_accuracy`, step = index in the family, α ascending, with the α values as
+    `landscape/alpha_index/alpha`). `step` is not used: final values always go at FINAL_STEP (older callers
+    passed the last epoch)."""
+    out = [(k, v, FINAL_STEP) for k, v in headline_metrics(evals, main_point, main_ensemble).items()]
     families: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in evals:
         if r.get("kind") == "cell":  # heat-map cells (method mpo): hundreds per trial, Parquet only
@@ -542,13 +595,17 @@ def eval_metrics(evals: list[dict[str, Any]], main_point: str = "", main_ensembl
             continue
         for m in HEADLINE:
             if r.get(m) is not None:
-                out.append((f"{r['split']}/{r['point']}{'/' + corr if corr else ''}/{m}", float(r[m]), step))
+                out.append((f"{r['split']}/{r['point']}{'/' + corr if corr else ''}/{m}", float(r[m]), FINAL_STEP))
+    coordinate: dict[int, float] = {}
     for (kind, split, corr), rows in families.items():
-        rows = sorted(rows, key=lambda r: r["alpha"]) if kind == "alpha" else rows
+        if kind == "alpha":
+            rows = sorted(rows, key=lambda r: r["alpha"])
+            coordinate = coordinate or {i: float(r["alpha"]) for i, r in enumerate(rows) if r.get("alpha") is not None}
         for i, r in enumerate(rows):
             for m in HEADLINE:
                 if r.get(m) is not None:
-                    out.append((f"{PROFILE}/{kind}/{split}_{corr + '_' if corr else ''}{m}", float(r[m]), i))
+                    out.append((profile_key(kind, split, m, corr), float(r[m]), i))
+    out += [(ALPHA_KEY, a, i) for i, a in coordinate.items()]
     return out
 
 

@@ -9,9 +9,10 @@ without it MLflow 3 opens in its GenAI mode):
 
     http://127.0.0.1:5000/#/experiments/<id>/runs?viewStateShareKey=basin&workflowType=machine_learning
 
-    basin           the sweep's axes and headline metrics first, one row per seed group (averages over seeds)
-    basin-by-<axis> the same, one row per value of one axis
-    basin-runs      the same, not grouped (the sweep's run with its trials nested under it)
+    basin           the seed groups' runs (tag basin.role = group, see orchestrator/sync.py heal_groups): one row
+                    per group with its axes and the mean and ± std of the headline metrics, best first
+    basin-by-<axis> the trials' runs, one row per value of one axis (MLflow's averages over those trials)
+    basin-runs      every trial's run, not grouped
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ KIND_TAG, ML_KIND = "mlflow.experimentKind", "custom_model_development"  # the e
 GROUP_TAG = "basin.group"      # a child run's seed group (its trial title without the seed), see sweep.Trial
 # Headline columns shown by default (the Brier scores are logged too: Columns menu).
 COLUMNS = [m for m in T.headline_names() if not m.endswith("brier")]
+SORT_BY = f"{T.MAIN}accuracy"  # the seed groups' view: best mean first
+GROUPS_FILTER = f"tags.`{T.ROLE_TAG}` = '{T.GROUP_ROLE}'"
+TRIALS_FILTER = f"tags.`{T.ROLE_TAG}` = '{T.TRIAL_ROLE}'"
+CHART_RUNS = 50  # the chart view draws every group up to this many groups, else the first 20 of the table
 
 
 def column(kind: str, name: str) -> str:
@@ -56,26 +61,39 @@ def axis_columns(sweep: Sweep) -> list[tuple[str, str]]:
     return out + [("param", f) for f in dict.fromkeys(included) if f not in covered]
 
 
-def view_state(sweep: Sweep, group_by: tuple[str, str] | None) -> dict[str, Any]:
-    """The state of one view (see the module docstring): the runs table's columns, grouping and sort."""
+def view_state(sweep: Sweep, group_by: tuple[str, str] | None, groups: bool = False) -> dict[str, Any]:
+    """The state of one view (see the module docstring): the runs table's filter, columns, grouping and sort.
+    `groups`: the seed groups' runs, sorted by the main metric, each headline metric with its ± std column."""
     def width(chars: int) -> int:  # pixels for a column of this many characters at the table's font
         return min(380, 36 + int(6.5 * chars))
 
     axes = []
-    longest = max(max(len(t.title), len(t.group) + 12) for t in sweep.trials)  # a run, or "Group: ..." and a count
+    if groups:
+        longest = max(len(t.group) for t in sweep.trials)
+    else:
+        longest = max(max(len(t.title), len(t.group) + 12) for t in sweep.trials)  # a run, or "Group: ..." and a count
     widths = {column("attributes", "Run Name"): width(longest + 4),
               "runDateAndNestInfo": 140, "duration": 80}
     for mode, name in axis_columns(sweep):
+        if groups and name == "seed":
+            continue
         axes.append(column("params" if mode == "param" else "tags", name))
         widths[axes[-1]] = width(max(len(name), *map(len, group_values(sweep, (mode, name)))))
-    metrics = [column("metrics", m) for m in COLUMNS]
-    widths.update({c: width(len(m)) for c, m in zip(metrics, COLUMNS, strict=True)})
+    names = [n for m in COLUMNS for n in ((m, T.std_name(m)) if groups else (m,))]
+    names += [T.n_name(COLUMNS[0])] if groups else []
+    metrics = [column("metrics", m) for m in names]
+    widths.update({c: width(len(m)) for c, m in zip(metrics, names, strict=True)})
     state: dict[str, Any] = {
         "selectedColumns": axes + metrics,
         "columnOrder": [column("attributes", "Run Name"), "runDateAndNestInfo", "duration", *axes, *metrics],
         "columnWidths": widths,
         "orderByKey": "attributes.start_time", "orderByAsc": True,
+        "searchFilter": TRIALS_FILTER,
     }
+    if groups:
+        state.update(searchFilter=GROUPS_FILTER, orderByKey=column("metrics", SORT_BY), orderByAsc=False,
+                     runsHiddenMode="SHOW_ALL" if len({t.group for t in sweep.trials}) <= CHART_RUNS
+                     else "FIRST_20_RUNS")
     if group_by is not None:  # groups start collapsed: one row per group with its averages, a click opens one
         mode, name = group_by
         state["groupBy"] = {"aggregateFunction": "average", "groupByKeys": [{"mode": mode, "groupByData": name}]}
@@ -109,11 +127,12 @@ def group_values(sweep: Sweep, group_by: tuple[str, str]) -> list[str]:
 
 
 def views(sweep: Sweep) -> dict[str, tuple[str, tuple[str, str] | None]]:
-    """Share key -> (title, grouping) of every view a sweep's experiment gets."""
-    out: dict[str, tuple[str, tuple[str, str] | None]] = {VIEW: ("basin: by seed group", ("tag", GROUP_TAG))}
-    out.update({f"{VIEW}-by-{name}": (f"basin: by {name}", (mode, name))
+    """Share key -> (title, grouping) of every view a sweep's experiment gets; the first (VIEW) is the seed
+    groups' table (view_state(groups=True))."""
+    out: dict[str, tuple[str, tuple[str, str] | None]] = {VIEW: ("basin: seed groups (mean ± std)", None)}
+    out.update({f"{VIEW}-by-{name}": (f"basin: trials by {name}", (mode, name))
                 for mode, name in axis_columns(sweep) if name != "seed"})
-    out[f"{VIEW}-runs"] = ("basin: every run", None)
+    out[f"{VIEW}-runs"] = ("basin: every trial", None)
     return out
 
 
@@ -126,15 +145,15 @@ def experiment_tags(sweep: Sweep) -> dict[str, str]:
     """Tags set on a sweep's experiment at every run: its kind, its views and a description linking them."""
     tags = {KIND_TAG: ML_KIND}
     now = int(time.time() * 1000)
-    tags.update({VIEW_TAG + key: view_tag(title, view_state(sweep, group), now - i)  # the default one on top
-                 for i, (key, (title, group)) in enumerate(views(sweep).items())})
+    tags.update({VIEW_TAG + key: view_tag(title, view_state(sweep, group, groups=key == VIEW), now - i)
+                 for i, (key, (title, group)) in enumerate(views(sweep).items())})  # the default one on top
     links = ", ".join(f"[{title.removeprefix('basin: ')}]({runs_path(T.EXPERIMENT_ID, key)[1:]})"
                       for key, (title, _) in views(sweep).items())
     parent = f"[{sweep.name}](#/experiments/{T.EXPERIMENT_ID}/runs/{T.PARENT_RUN_ID})"
     tags["mlflow.note.content"] = (f"{sweep.description}\n\n" if sweep.description else "") + \
-        f"basin sweep `{sweep.name}`, {len(sweep.trials)} trials. The trials with their axes and headline metrics " \
-        f"(also in the Views menu): {links}. The sweep's own run {parent} holds its summary per seed group and " \
-        "its report."
+        f"basin sweep `{sweep.name}`, {len(sweep.trials)} trials. Its seed groups (one run each: mean ± std over " \
+        f"seeds of the headline metrics) and trials (also in the Views menu): {links}. The sweep's own run " \
+        f"{parent} holds its file and its report (report.html)."
     return tags
 
 
@@ -143,7 +162,7 @@ def add_ui_args(p: Any) -> None:
     p.add_argument("sweep", help="a sweep's results folder, e.g. results/quickstart")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--group-by", metavar="AXIS", help="open the runs grouped by this axis ('runs': not grouped; "
-                                                      "default: by seed group)")
+                                                      "default: the seed groups, mean ± std)")
     p.add_argument("--no-browser", action="store_true", help="only print the URL")
     p.add_argument("--tracking-uri", metavar="URL",
                    help="a sweep on a tracking server: the server as reached from here, e.g. "

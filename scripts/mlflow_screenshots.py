@@ -4,8 +4,9 @@
 
 Starts `basin ui` and a headless Chromium (both on 127.0.0.1, each in its own process group, both ended at
 the end), opens the URL `basin ui` prints, closes MLflow's assistant panel (it opens by itself on a first
-visit) and captures: the runs table (by seed group; and grouped by one axis), a trial's metric charts and
-profiles, and the sweep's own run.
+visit) and captures: the seed groups' table (mean ± std, best first), the chart view of the same groups (the
+headline metrics as bars), the trials grouped by one axis, a trial's metric charts and profiles, the sweep's own
+run and its one-file report (report.html) in MLflow's artifact viewer.
 Chromium is driven over its DevTools protocol with aiohttp (installed with ray[default]).
 """
 
@@ -86,12 +87,17 @@ class Browser:
                 raise TimeoutError(expression)
             await asyncio.sleep(0.3)
 
-    async def shot(self, url: str, ready: str, out: Path, before: str = "") -> None:
+    async def shot(self, url: str, ready: str, out: Path, before: str = "",
+                   wheel: tuple[int, int, int] | None = None) -> None:
         await self.call("Page.navigate", url=url)
         await self.wait_for(ready)
         await self.js(CLOSE_ASSISTANT)
         if before:
             await self.js(before)
+        if wheel:  # (x, y, pixels): scroll what is there, e.g. a frame the page's scripts cannot reach
+            await asyncio.sleep(3)
+            await self.call("Input.dispatchMouseEvent", type="mouseWheel", x=wheel[0], y=wheel[1], deltaX=0,
+                            deltaY=wheel[2])
         await asyncio.sleep(2)  # charts draw after the data arrives
         data = await self.call("Page.captureScreenshot", format="png")
         out.write_bytes(base64.b64decode(data["data"]))
@@ -121,7 +127,7 @@ def run_ids(folder: str) -> tuple[str, str]:
 
 
 async def capture(url: str, folder: str, group_by: str | None, out: Path, width: int, height: int,
-                  chromium: str) -> None:
+                  chromium: str, report_scroll: int = 6000) -> None:
     import aiohttp
 
     port = free_port()
@@ -137,7 +143,10 @@ async def capture(url: str, folder: str, group_by: str | None, out: Path, width:
             async with aiohttp.ClientSession() as s, s.ws_connect(ws_url, max_msg_size=0) as ws:
                 b = Browser(ws)
                 await b.call("Page.enable")
-                await b.shot(url, text_present("Group:"), out / "mlflow-runs.png")
+                rows = "document.querySelectorAll('.ag-row').length > 0"
+                await b.shot(url, rows, out / "mlflow-runs.png")
+                await b.shot(url + "&compareRunsMode=CHART", text_present("main/test_accuracy"),
+                             out / "mlflow-charts.png")
                 if group_by:
                     expand = "Array.from(document.querySelectorAll('.ag-cell-value')).find(c => c.innerText" \
                              ".includes('Group:'))?.querySelector('span[role=button]')?.click()"  # the first group
@@ -151,8 +160,13 @@ async def capture(url: str, folder: str, group_by: str | None, out: Path, width:
                             "e.textContent.trim().startsWith('landscape/'))?.scrollIntoView()"
                 await b.shot(f"{runs}/{trial}/model-metrics?workflowType=machine_learning", text_present("landscape/"),
                              out / "mlflow-run-profiles.png", before=landscape)
-                await b.shot(f"{runs}/{parent}?workflowType=machine_learning", text_present("group/"),
+                await b.shot(f"{runs}/{parent}?workflowType=machine_learning", text_present("sweep/groups"),
                              out / "mlflow-sweep-run.png")
+                # the page is in a sandboxed frame the page's scripts cannot reach: the mouse wheel scrolls it
+                # (--report-scroll pixels) to a figure
+                await b.shot(f"{runs}/{parent}/artifacts/report.html?workflowType=machine_learning",
+                             "!!document.querySelector('iframe')", out / "mlflow-report.png",
+                             wheel=(1100, 500, report_scroll))
         finally:
             end_group(proc)
 
@@ -165,6 +179,7 @@ def main() -> int:
     p.add_argument("--width", type=int, default=1600)
     p.add_argument("--height", type=int, default=900)
     p.add_argument("--chromium", default="chromium")
+    p.add_argument("--report-scroll", type=int, default=6000, help="pixels the report.html shot scrolls down")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -180,7 +195,8 @@ def main() -> int:
         if not url:
             print("basin ui did not start", file=sys.stderr)
             return 1
-        asyncio.run(capture(url, args.sweep, args.group_by, out, args.width, args.height, args.chromium))
+        asyncio.run(capture(url, args.sweep, args.group_by, out, args.width, args.height, args.chromium,
+                            args.report_scroll))
     finally:
         end_group(ui)
     return 0

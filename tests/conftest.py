@@ -184,7 +184,7 @@ def assert_mirror_matches_parquet(uri: str, sweep) -> None:
 
     from analysis.load import load
     from orchestrator.store import Store
-    from orchestrator.tracking import PROFILE_KINDS, headline_metrics
+    from orchestrator.tracking import PROFILE_KINDS, headline_metrics, profile_key
 
     client = MlflowClient(tracking_uri=uri)
     res = load(sweep.dir)
@@ -209,7 +209,7 @@ def assert_mirror_matches_parquet(uri: str, sweep) -> None:
         for (kind, split), rows in ev.groupby(["kind", "split"]):
             if kind in PROFILE_KINDS:
                 rows = rows.sort_values("alpha") if kind == "alpha" else rows
-                key = f"landscape/{kind}/{split}_accuracy"
+                key = profile_key(kind, split, "accuracy")
                 got = sorted((m.step, m.value) for m in client.get_metric_history(info.run_id, key))
                 assert got == list(enumerate(rows.accuracy)), key
             else:

@@ -22,7 +22,7 @@ from conftest import ROOT, TINY, assert_mirror_matches_parquet, end_group, free_
 from analysis.load import load
 from orchestrator.runner import run_sweep
 from orchestrator.sweep import load_sweep
-from orchestrator.tracking import headline_metrics, metric_label
+from orchestrator.tracking import headline_metrics
 
 pytestmark = pytest.mark.timeout(600)
 KINDS = {"point": {"shape": "point"}, "line": {"shape": "line"},
@@ -96,18 +96,25 @@ def test_the_runs_table_shows_axes_and_headline_metrics_for_every_method(ui):
     assert url == f"{base}/#/experiments/{eid}/runs?viewStateShareKey=basin&workflowType=machine_learning"
     assert tags["mlflow.experimentKind"] == "custom_model_development"
     name, view = saved_view(tags["mlflow.sharedViewState.basin"])
-    assert name == "basin: by seed group"  # listed under this name in the runs page's Views menu
-    axes = ["tags.`kind`", "params.`seed`"]
+    assert name == "basin: seed groups (mean ± std)"  # listed under this name in the runs page's Views menu
     headline = ["main/test_accuracy", "main/test_nll", "main/test_ece"]
-    assert view["selectedColumns"][:2] == axes  # the axes first, then the headline metrics; no Dataset/Source
-    assert [f"metrics.`{m}`" for m in headline] == view["selectedColumns"][2:5]
+    # the seed groups' runs, best first: the axes but the seed, then each headline metric and its ± std
+    assert view["searchFilter"] == "tags.`basin.role` = 'group'" and "groupBy" not in view
+    assert view["orderByKey"] == "metrics.`main/test_accuracy`" and view["orderByAsc"] is False
+    assert view["selectedColumns"][:1] == ["tags.`kind`"]  # no Dataset/Source
+    assert view["selectedColumns"][1:7] == [f"metrics.`{p}/{m[5:]}`" for m in headline for p in ("main", "main_std")]
     assert view["columnOrder"][3:] == view["selectedColumns"]
-    assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "basin.group"}]
-    assert len(view["groupsExpanded"]) == 5 and not any(view["groupsExpanded"].values())  # one row per group
 
-    everything = search(base, eid, "")  # what the UI loads: every run, the sweep's own run included
+    everything = search(base, eid, "")  # every run: the sweep's own run, its seed groups and its trials
     runs = [r for r in everything if r["tags"]["basin.role"] == "trial"]
-    assert len(everything) == len(runs) + 1
+    groups = search(base, eid, view["searchFilter"])  # what the default view loads
+    assert len(everything) == len(runs) + len(groups) + 1 and len(groups) == 5
+    for g in groups:  # mean, std and n over the group's seeds
+        acc = [r["metrics"]["main/test_accuracy"] for r in runs if r["tags"]["basin.group"] == g["name"]]
+        assert g["metrics"]["main/test_accuracy"] == pytest.approx(statistics.fmean(acc), rel=1e-4)
+        assert g["metrics"]["main_std/test_accuracy"] == pytest.approx(statistics.stdev(acc), rel=1e-4)
+        assert g["metrics"]["main_n/test_accuracy"] == 2
+        assert g["tags"]["kind"] in {r["tags"]["kind"] for r in runs if r["tags"]["basin.group"] == g["name"]}
     trials = load(sweep.dir).trials.set_index("trial_key")
     assert len(runs) == len(sweep.trials) == 10
     evals = load(sweep.dir).evals
@@ -144,6 +151,7 @@ def test_filter_by_a_param_and_group_by_an_axis(ui):
         assert len(runs) == 2 and all("main/test_accuracy" in r["metrics"] for r in runs)
     _, by_kind = saved_view(tags["mlflow.sharedViewState.basin-by-kind"])  # `basin ui --group-by kind`
     assert by_kind["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "kind"}]
+    assert by_kind["searchFilter"] == "tags.`basin.role` = 'trial'"  # trials only: no group run averaged in
 
 
 def test_profiles_are_curves_and_the_parent_run_has_summary_and_report(ui):
@@ -151,20 +159,21 @@ def test_profiles_are_curves_and_the_parent_run_has_summary_and_report(ui):
     assert_mirror_matches_parquet(sweep.mlflow, sweep)  # times, curves, profiles, headline, detail
     eid, _ = experiment(base, sweep.name)
     line = next(r for r in search(base, eid, "params.shape = 'line' and params.method = 'subspace'"))
-    hist = rest(base, "metrics/get-history", run_id=line["id"], metric_key="landscape/alpha/test_accuracy")
+    hist = rest(base, "metrics/get-history", run_id=line["id"], metric_key="landscape/alpha_index/test_accuracy")
     assert [m["step"] for m in hist["metrics"]] == list(range(TINY["alpha_grid"]))
 
     (parent,) = search(base, eid, "tags.`basin.role` = 'sweep'")
     assert parent["tags"]["mlflow.note.content"].startswith("Every method on digits, two seeds.")
     assert parent["params"]["axis.seed"] == "[0, 1]" and parent["params"]["trials"] == "10"
-    children = search(base, eid, "tags.`basin.role` = 'trial'")
-    for label in {c["tags"]["basin.group"] for c in children}:
-        acc = [c["metrics"]["main/test_accuracy"] for c in children if c["tags"]["basin.group"] == label]
-        prefix = f"group/{metric_label(label)}"
-        assert parent["metrics"][f"{prefix}/main_test_accuracy_mean"] == pytest.approx(statistics.fmean(acc))
-        assert parent["metrics"][f"{prefix}/trials"] == 2
+    assert not any(k.startswith("group/") for k in parent["metrics"])  # the groups are runs of their own
+    assert parent["metrics"]["sweep/groups"] == 5 and parent["metrics"]["sweep/completed"] == 10
     files = rest(base, "artifacts/list", run_id=parent["id"], path="report")["files"]
     assert {"report/index.html", "report/figures", "report/tables"} <= {f["path"] for f in files}
+    # the report as one file, its figures embedded: what MLflow's artifact viewer renders whole
+    assert "report.html" in {f["path"] for f in rest(base, "artifacts/list", run_id=parent["id"])["files"]}
+    with urllib.request.urlopen(f"{base}/get-artifact?path=report.html&run_uuid={parent['id']}", timeout=30) as r:
+        page = r.read().decode()
+    assert "src='data:image/png;base64," in page and "src='figures/" not in page
 
 
 def test_a_view_too_large_for_a_tag_drops_its_collapsed_groups():

@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT, end_group, free_port, read_line
 from mlflow.tracking import MlflowClient
 
-from orchestrator.tracking import MAX_METRICS, Mirror, eval_metrics, headline_names
+from orchestrator.tracking import ALPHA_KEY, MAX_METRICS, Mirror, eval_metrics, headline_names
 from trainers.config import TrialConfig
 
 CONFIG = TrialConfig(shape="line", seed=3).to_dict()
@@ -92,7 +92,7 @@ def test_unreachable_server_is_a_reported_gap_not_a_crash(tmp_path):
     assert uri in gap.describe(uri) and "Parquet results are complete" in gap.describe(uri)
 
 
-def test_eval_metric_names():
+def test_eval_metric_names_final_values_at_step_0_profiles_with_their_coordinate():
     def row(split, point, kind, acc, alpha=None, corruption="", severity=0):
         return dict(split=split, point=point, kind=kind, alpha=alpha, accuracy=acc, nll=1 - acc, brier=0.1,
                     ece=0.02, corruption=corruption, severity=severity)
@@ -100,21 +100,29 @@ def test_eval_metric_names():
     rows = [row("test", "center", "center", 0.9), row("test", "ensemble_endpoints", "ensemble", 0.95),
             row("test", "alpha_1.00", "alpha", 0.7, alpha=1.0), row("test", "alpha_0.00", "alpha", 0.6, alpha=0.0),
             row("test", "alpha_0.50", "alpha", 0.9, alpha=0.5), row("val", "alpha_0.00", "alpha", 0.5, alpha=0.0),
-            row("test", "center", "center", 0.5, corruption="snow", severity=3)]
+            row("test", "center", "center", 0.5, corruption="snow", severity=3),
+            row("test", "random_0", "random", 0.8), row("test", "random_1", "random", 0.3)]
     got = eval_metrics(rows, "center", "ensemble_endpoints", step=7)
     by_key: dict[str, list] = {}
     for key, value, step in got:
         by_key.setdefault(key, []).append((step, value))
-    # the headline: the same names for every method, from the trial's main point and ensemble, clean data only
-    assert by_key["main/test_accuracy"] == [(7, 0.9)] and by_key["main/ensemble_test_accuracy"] == [(7, 0.95)]
+    # the headline: the same names for every method, from the trial's main point and ensemble, clean data only;
+    # final values once at step 0 (MLflow draws them as bars, not as a dot at the last epoch)
+    assert by_key["main/test_accuracy"] == [(0, 0.9)] and by_key["main/ensemble_test_accuracy"] == [(0, 0.95)]
     assert set(headline_names()) <= set(by_key)
-    # a grid of points is one key per metric, indexed along the grid (alpha ascending): a curve in MLflow
-    assert by_key["landscape/alpha/test_accuracy"] == [(0, 0.6), (1, 0.9), (2, 0.7)]
-    assert by_key["landscape/alpha/val_nll"] == [(0, 0.5)]
-    # other points keep their own names
-    assert by_key["test/center/accuracy"] == [(7, 0.9)] and by_key["test/center/snow3/accuracy"] == [(7, 0.5)]
+    # a grid of points is one key per metric, its step the index along the grid (alpha ascending), the key says
+    # so, and the coordinate itself is logged at the same steps (MLflow's "X-axis: metric")
+    assert by_key["landscape/alpha_index/test_accuracy"] == [(0, 0.6), (1, 0.9), (2, 0.7)]
+    assert by_key["landscape/alpha_index/val_nll"] == [(0, 0.5)]
+    assert by_key[ALPHA_KEY] == [(0, 0.0), (1, 0.5), (2, 1.0)]
+    # other points keep their own names, at step 0
+    assert by_key["test/center/accuracy"] == [(0, 0.9)] and by_key["test/center/snow3/accuracy"] == [(0, 0.5)]
+    # random samples are never one joined line: each is its own key, once
+    assert by_key["test/random_0/accuracy"] == [(0, 0.8)] and by_key["test/random_1/accuracy"] == [(0, 0.3)]
+    assert not any(k.startswith("landscape/random") or k.startswith("landscape/sample") for k in by_key)
     assert not any("alpha_0" in k for k in by_key)
-    assert len(got) == 8 + 4 * 3 + 4 * 4  # headline, three single rows, four grid rows
+    assert len(got) == 8 + 4 * 5 + 4 * 4 + 3  # headline, five single rows, four grid rows, three α values
+    assert all(step == 0 for key, _, step in got if not key.startswith("landscape/"))
     # a trial without an ensemble has no ensemble headline
     assert not any(k.startswith("main/ensemble") for k, _, _ in eval_metrics(rows[:1], "center", ""))
 
