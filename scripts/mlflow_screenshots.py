@@ -127,7 +127,7 @@ def run_ids(folder: str) -> tuple[str, str]:
 
 
 async def capture(url: str, folder: str, group_by: str | None, out: Path, width: int, height: int,
-                  chromium: str, report_scroll: int = 6000) -> None:
+                  chromium: str, report_scroll: int = 6000, groups_only: bool = False) -> None:
     import aiohttp
 
     port = free_port()
@@ -147,6 +147,8 @@ async def capture(url: str, folder: str, group_by: str | None, out: Path, width:
                 await b.shot(url, rows, out / "mlflow-runs.png")
                 await b.shot(url + "&compareRunsMode=CHART", text_present("main/test_accuracy"),
                              out / "mlflow-charts.png")
+                if groups_only:  # e.g. a synthetic results folder: no epochs, no report
+                    return
                 if group_by:
                     expand = "Array.from(document.querySelectorAll('.ag-cell-value')).find(c => c.innerText" \
                              ".includes('Group:'))?.querySelector('span[role=button]')?.click()"  # the first group
@@ -180,6 +182,7 @@ def main() -> int:
     p.add_argument("--height", type=int, default=900)
     p.add_argument("--chromium", default="chromium")
     p.add_argument("--report-scroll", type=int, default=6000, help="pixels the report.html shot scrolls down")
+    p.add_argument("--groups-only", action="store_true", help="only the seed groups' table and chart view")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -196,7 +199,7 @@ def main() -> int:
             print("basin ui did not start", file=sys.stderr)
             return 1
         asyncio.run(capture(url, args.sweep, args.group_by, out, args.width, args.height, args.chromium,
-                            args.report_scroll))
+                            args.report_scroll, args.groups_only))
     finally:
         end_group(ui)
     return 0
