@@ -80,22 +80,23 @@ class Healed:
     deleted: int = 0     # second runs of one trial
     complete: int = 0    # runs that were complete already
     parent: bool = False  # the parent run was closed (again)
-    groups: int = 0      # group runs created or updated (heal_groups)
+    groups: int = 0      # group runs created or updated (heal_groups; not counted in `changed`: every run
+                         # that completes trials updates them)
     error: str = ""      # MLflow could not be reached or refused: what is left is left for a later sync
 
     @property
     def changed(self) -> int:
-        return self.created + self.completed + self.deleted + self.groups
+        return self.created + self.completed + self.deleted  # trial runs: what the live mirror missed
 
     def describe(self, uri: str) -> str:
         if self.error:
             return f"MLflow at {uri} not synced ({self.error}); `basin sync-mlflow` fills it in once it is up"
+        groups = f"; {self.groups} seed-group runs made or updated" if self.groups else ""
         if not self.changed:
-            return f"MLflow at {uri} holds every run already ({self.complete} runs)"
+            return f"MLflow at {uri} holds every run already ({self.complete} runs){groups}"
         return (f"MLflow at {uri} synced from Parquet: {self.created} runs created, {self.completed} completed"
                 + (f", {self.deleted} duplicate runs deleted" if self.deleted else "")
-                + f", {self.complete} were complete"
-                + (f"; {self.groups} seed-group runs updated" if self.groups else ""))
+                + f", {self.complete} were complete{groups}")
 
 
 def _chosen(store: Store) -> dict[str, dict[str, Any]]:
