@@ -93,12 +93,30 @@ def view_state(sweep: Sweep, group_by: tuple[str, str] | None, groups: bool = Fa
     if groups:
         state.update(searchFilter=GROUPS_FILTER, orderByKey=column("metrics", SORT_BY), orderByAsc=False,
                      runsHiddenMode="SHOW_ALL" if len({t.group for t in sweep.trials}) <= CHART_RUNS
-                     else "FIRST_20_RUNS")
+                     else "FIRST_20_RUNS", **group_charts())
     if group_by is not None:  # groups start collapsed: one row per group with its averages, a click opens one
         mode, name = group_by
         state["groupBy"] = {"aggregateFunction": "average", "groupByKeys": [{"mode": mode, "groupByData": name}]}
         state["groupsExpanded"] = {f"{mode}.{name}.{value}": False for value in group_values(sweep, group_by)}
     return state
+
+
+def group_charts() -> dict[str, Any]:
+    """The chart view of the seed groups' table (MLflow 3.17's chart cards, as its UI generates them): the means
+    first (section `main`, accuracy, NLL, ECE, Brier, then the ensemble's), each a bar chart with a bar per
+    group; the std and n sections follow, folded. Metrics not named here are added by the UI after them."""
+    names = [f"{prefix}{m}" for prefix in (T.MAIN, T.MAIN_ENSEMBLE) for m in T.HEADLINE]
+    sections = [("main", True, names), ("main_std", False, [T.std_name(n) for n in names]),
+                ("main_n", False, [T.n_name(n) for n in names])]
+    return {
+        "compareRunSections": [{"uuid": f"basin-{name}", "name": name, "display": shown, "isReordered": True,
+                                "deleted": False, "isGenerated": True} for name, shown, _ in sections],
+        "compareRunCharts": [{"uuid": f"basin-{key}", "type": "BAR", "runsCountToCompare": 10,
+                              "metricSectionId": f"basin-{name}", "deleted": False, "isGenerated": True,
+                              "metricKey": key, "displayName": key}
+                             for name, _, keys in sections for key in keys],
+        "isAccordionReordered": True,
+    }
 
 
 def view_tag(title: str, state: dict[str, Any], when: int) -> str:

@@ -136,6 +136,13 @@ def test_heal_makes_trials_and_groups_and_the_sweep_run_has_no_per_group_summary
     assert cols[:3] == ["params.`label_noise`", "params.`batchnorm`", "params.`lr`"]
     i = cols.index("metrics.`main/test_accuracy`")
     assert cols[i + 1] == "metrics.`main_std/test_accuracy`" and "metrics.`main_n/test_accuracy`" in cols
+    # its chart view: the means first, as bars (one per group), main/test_accuracy on top; std and n folded
+    charts = [c for c in view["compareRunCharts"] if not c["deleted"]]
+    assert charts[0]["metricKey"] == "main/test_accuracy" and {c["type"] for c in charts} == {"BAR"}
+    sections = {s["uuid"]: s for s in view["compareRunSections"]}
+    assert [s["name"] for s in view["compareRunSections"]] == ["main", "main_std", "main_n"]
+    assert [s["display"] for s in view["compareRunSections"]] == [True, False, False]
+    assert all(sections[c["metricSectionId"]]["name"] == c["metricKey"].split("/")[0] for c in charts)
 
 
 def test_the_one_file_report_embeds_every_figure(tmp_path):
