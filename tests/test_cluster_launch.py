@@ -353,7 +353,7 @@ def test_ray_up_submit_and_ray_down_on_loopback(node):
     exp = client.get_experiment_by_name("launch-check")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [x for x in runs if "mlflow.parentRunId" not in x.data.tags]
-    children = [x for x in runs if "mlflow.parentRunId" in x.data.tags]
+    children = [x for x in runs if x.data.tags.get("basin.role") == "trial"]   # beside them, seed-group runs
     assert len(parents) == 1 and len(children) == TRIALS
     assert {x.info.status for x in runs} == {"FINISHED"}
     ui = node.run("basin", "ui", str(results), "--tracking-uri", local, "--no-browser", cwd=checkout, timeout=120)
