@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -239,8 +240,10 @@ def cmd_claims(args: argparse.Namespace) -> int:
     card = pd.concat(cards, ignore_index=True) if cards else pd.DataFrame()
     if args.sweep and card.empty:
         raise UserError(f"--sweep: none of {', '.join(args.sweep)} found under {args.results}")
-    if args.json:
-        print(json.dumps(json.loads(card.to_json(orient="records")), indent=1, ensure_ascii=False))
-    else:
-        print(format_text(card, args.level))
+    text = json.dumps(json.loads(card.to_json(orient="records")), indent=1, ensure_ascii=False) if args.json \
+        else format_text(card, args.level)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `basin claims X | head`: the reader has what it wants; end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail
     return 0
