@@ -151,9 +151,10 @@ def load_sweep(path: str | Path, results: str | None = None, mlflow: str | None 
     """Read, check and expand a sweep file. `results`/`mlflow`/`storage` override the file's values;
     `overrides` (`FIELD=VALUE`, from --set) are forced on every trial and written into the sweep's `set`."""
     data, text = read_yaml(path)
-    data, text = with_overrides(str(path), data, text, overrides)
+    forced = parse_overrides(overrides)
+    data, text = with_overrides(str(path), data, text, forced, overrides)
     sweep = parse_sweep(data, str(path), text, results=results, mlflow=mlflow, storage=storage)
-    sweep.from_cli = tuple(parse_overrides(overrides))
+    sweep.from_cli = tuple(forced)
     _ = sweep.trials  # expansion validates every trial
     from orchestrator.connect import check  # connect trials: their endpoints exist and can be connected
 
@@ -180,10 +181,11 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def with_overrides(path: str, data: Any, text: str, overrides: list[str] | tuple[str, ...]) -> tuple[Any, str]:
+def with_overrides(path: str, data: Any, text: str, forced: dict[str, Any],
+                   overrides: list[str] | tuple[str, ...]) -> tuple[Any, str]:
     """The sweep with `--set` items merged into its `set`, and its text saying so: the file as written plus a
-    `set:` line at the end, so the copy saved with the results (and on MLflow) is the sweep that ran."""
-    forced = parse_overrides(overrides)
+    `set:` line at the end, so the copy saved with the results (and on MLflow) is the sweep that ran.
+    `forced`: parse_overrides(overrides); `overrides` as given, for the note in the text."""
     if not forced:
         return data, text
     if not isinstance(data, dict):
